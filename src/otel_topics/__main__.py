@@ -1,0 +1,3 @@
+from otel_topics.cli import main
+
+raise SystemExit(main())
