@@ -126,3 +126,35 @@ class Enrichment:
             attrs[f"{p}.source"] = c.source
         attrs["otel_topics.status"] = self.status
         return attrs
+
+
+Signal = Literal["traces", "logs", "metrics"]
+
+
+@dataclass(slots=True)
+class Cluster:
+    """One topic of a topic map version. ``id`` is the stable identity; ``name`` may change."""
+
+    id: str
+    name: str
+    centroid: list[float]  # unit vector in the embedding space
+    size: int = 0
+    description: str = ""
+    keywords: list[str] = field(default_factory=list)
+    radius: float = 0.0  # cosine distance from the centroid that covers most members
+    threshold: float | None = None  # per-cluster distance threshold; None = the map's
+    exemplars: list[str] = field(default_factory=list)
+    parents: list[str] = field(default_factory=list)  # lineage: ids in the previous version
+
+
+@dataclass(slots=True)
+class TopicMap:
+    """One saved version of a topic map."""
+
+    name: str
+    facet: str
+    version: int
+    clusters: list[Cluster]
+    distance_threshold: float  # resolved (``auto`` already turned into a number)
+    embedder: str = ""  # id of the embedding model the centroids live in
+    created_at: float = 0.0  # unix seconds
