@@ -163,7 +163,9 @@ class AssemblerSettings(Section):
         default=10.0, description="A trace with a root span is complete this long after its latest span."
     )
     max_wait: PositiveDuration = Field(
-        default=300.0, description="A trace without a root span is complete this long after its first span."
+        default=300.0,
+        description="A trace without a root span is complete this long after its first span; also the "
+        "longest any trace is held, so a trace that keeps receiving spans is still released.",
     )
     max_bytes: PositiveByteSize = Field(
         default=512 * 1024**2,
@@ -212,7 +214,7 @@ class ExcludeRule(Section):
 class PreprocessSettings(Section):
     max_tokens: int = Field(
         default=128_000,
-        ge=1,
+        ge=32,
         description="Cap on the conversation's size in tokens; a longer one is cut to fit.",
     )
     redact: bool = Field(
@@ -225,8 +227,8 @@ class PreprocessSettings(Section):
     )
     custom: FunctionRef | None = Field(
         default=None,
-        description="`package.module:function` that turns a trace into a conversation instead of the "
-        "built-in preprocessor.",
+        description="`package.module:function` used instead of the built-in preprocessor: it gets the "
+        "trace (TraceData) and returns a text, a list of texts, or None to skip the trace.",
     )
 
 

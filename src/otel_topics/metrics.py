@@ -12,16 +12,25 @@ _NS = "otel_topics"
 
 # receiver
 RECEIVED_ITEMS = Counter(
-    "received_items", "Items accepted by the receiver (spans, log records, metric data points).",
-    ["signal", "transport"], namespace=_NS, registry=REGISTRY,
+    "received_items",
+    "Items accepted by the receiver (spans, log records, metric data points).",
+    ["signal", "transport"],
+    namespace=_NS,
+    registry=REGISTRY,
 )
 REFUSED_ITEMS = Counter(
-    "refused_items", "Items the receiver refused (invalid, undecodable, backpressure).",
-    ["signal", "transport", "reason"], namespace=_NS, registry=REGISTRY,
+    "refused_items",
+    "Items the receiver refused (invalid, undecodable, backpressure).",
+    ["signal", "transport", "reason"],
+    namespace=_NS,
+    registry=REGISTRY,
 )
 RECEIVER_REQUESTS = Counter(
-    "receiver_requests", "OTLP requests handled, by outcome (ok, partial, invalid, too_large, backpressure).",
-    ["signal", "transport", "outcome"], namespace=_NS, registry=REGISTRY,
+    "receiver_requests",
+    "OTLP requests handled, by outcome (ok, partial, invalid, too_large, backpressure).",
+    ["signal", "transport", "outcome"],
+    namespace=_NS,
+    registry=REGISTRY,
 )
 
 # spool
@@ -41,40 +50,63 @@ PENDING_BYTES = Gauge(
     "pending_bytes", "Bytes of spans of traces being assembled.", namespace=_NS, registry=REGISTRY
 )
 TRACES_RELEASED = Counter(
-    "traces_released", "Traces released by the assembler, by reason (idle, max_wait, max_bytes, shutdown).",
-    ["reason"], namespace=_NS, registry=REGISTRY,
+    "traces_released",
+    "Traces released by the assembler, by reason (idle, max_wait, max_bytes, shutdown).",
+    ["reason"],
+    namespace=_NS,
+    registry=REGISTRY,
 )
 TRACES_REOPENED = Counter(
-    "traces_reopened", "Traces that received spans after they had been released.",
-    namespace=_NS, registry=REGISTRY,
+    "traces_reopened",
+    "Traces that received spans after they had been released.",
+    namespace=_NS,
+    registry=REGISTRY,
 )
 
 # enrichment
 ENRICHED_TRACES = Counter(
-    "enriched_traces", "Traces through the intelligence layer, by otel_topics.status value.",
-    ["status"], namespace=_NS, registry=REGISTRY,
+    "enriched_traces",
+    "Traces through the intelligence layer, by otel_topics.status value.",
+    ["status"],
+    namespace=_NS,
+    registry=REGISTRY,
 )
 FACET_LATENCY = Histogram(
-    "facet_latency_seconds", "Time to derive all facets of one trace.", ["llm"],
-    namespace=_NS, registry=REGISTRY,
+    "facet_latency_seconds",
+    "Time to derive all facets of one trace.",
+    ["llm"],
+    namespace=_NS,
+    registry=REGISTRY,
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 EMBED_LATENCY = Histogram(
-    "embed_latency_seconds", "Time to embed one batch of facet texts.", ["embedder"],
-    namespace=_NS, registry=REGISTRY,
+    "embed_latency_seconds",
+    "Time to embed one batch of facet texts.",
+    ["embedder"],
+    namespace=_NS,
+    registry=REGISTRY,
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 LLM_REQUESTS = Counter(
-    "llm_requests", "Chat calls to the facet LLM, by outcome (ok, retry, error, cache_hit).",
-    ["outcome"], namespace=_NS, registry=REGISTRY,
+    "llm_requests",
+    "Chat calls to the facet LLM, by outcome (ok, retry, error, cache_hit).",
+    ["outcome"],
+    namespace=_NS,
+    registry=REGISTRY,
 )
 EMBED_CACHE = Counter(
-    "embed_cache", "Embedding cache lookups, by result (hit, miss).", ["result"],
-    namespace=_NS, registry=REGISTRY,
+    "embed_cache",
+    "Embedding cache lookups, by result (hit, miss).",
+    ["result"],
+    namespace=_NS,
+    registry=REGISTRY,
 )
 CLASSIFIED_TRACES = Counter(
-    "classified_traces", "Traces classified, by topic map and cluster id (no_match included).",
-    ["map", "cluster_id"], namespace=_NS, registry=REGISTRY,
+    "classified_traces",
+    "Traces classified, by topic map and cluster id (no_match included).",
+    ["map", "cluster_id"],
+    namespace=_NS,
+    registry=REGISTRY,
 )
 RETRY_PENDING = Gauge(
     "retry_pending", "Stored conversations waiting for a facet retry.", namespace=_NS, registry=REGISTRY
@@ -82,24 +114,47 @@ RETRY_PENDING = Gauge(
 
 # exporter
 EXPORTED_ITEMS = Counter(
-    "exported_items", "Items delivered downstream (spans, log records, metric data points).",
-    ["exporter", "signal"], namespace=_NS, registry=REGISTRY,
+    "exported_items",
+    "Items delivered downstream (spans, log records, metric data points).",
+    ["exporter", "signal"],
+    namespace=_NS,
+    registry=REGISTRY,
 )
 EXPORT_FAILURES = Counter(
-    "export_failures", "Failed send attempts, by kind (retryable, permanent).",
-    ["exporter", "signal", "kind"], namespace=_NS, registry=REGISTRY,
+    "export_failures",
+    "Failed send attempts, by kind (retryable, permanent).",
+    ["exporter", "signal", "kind"],
+    namespace=_NS,
+    registry=REGISTRY,
 )
 EXPORT_QUEUE_BYTES = Gauge(
-    "export_queue_bytes", "Bytes waiting in an exporter's persistent queue.", ["exporter"],
-    namespace=_NS, registry=REGISTRY,
+    "export_queue_bytes",
+    "Bytes waiting in an exporter's persistent queue.",
+    ["exporter"],
+    namespace=_NS,
+    registry=REGISTRY,
 )
 DEAD_LETTERS = Counter(
-    "dead_letter_items", "Items a backend refused permanently, written to the dead-letter file.",
-    ["exporter", "signal"], namespace=_NS, registry=REGISTRY,
+    "dead_letter_items",
+    "Items a backend refused permanently, written to the dead-letter file.",
+    ["exporter", "signal"],
+    namespace=_NS,
+    registry=REGISTRY,
+)
+EXPORT_REJECTED_ITEMS = Counter(
+    "export_rejected_items",
+    "Items a backend rejected in a partial success (logged, not retried).",
+    ["exporter", "signal"],
+    namespace=_NS,
+    registry=REGISTRY,
 )
 
 # generic
 ERRORS = Counter(
-    "errors", "Errors by component (receiver, spool, assembler, preprocess, facets, embed, classify, "
-    "store, exporter, api).", ["component"], namespace=_NS, registry=REGISTRY,
+    "errors",
+    "Errors by component (receiver, spool, assembler, preprocess, facets, embed, classify, "
+    "store, exporter, api).",
+    ["component"],
+    namespace=_NS,
+    registry=REGISTRY,
 )

@@ -1,0 +1,136 @@
+"""The ``otel-topics`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from otel_topics import __version__
+from otel_topics.errors import ConfigError, OtelTopicsError
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from otel_topics.config import load_config
+    from otel_topics.service import serve
+
+    config = load_config(args.config)
+    _setup_logging(config.service.telemetry.logs.level)
+    logging.getLogger("otel_topics").info(
+        "otel-topics %s starting (%s)", __version__, args.config or "embedded default config"
+    )
+    return asyncio.run(serve(config))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from otel_topics.config import load_config
+
+    load_config(args.config)
+    print(f"{args.config}: valid")
+    return 0
+
+
+def cmd_print_config(args: argparse.Namespace) -> int:
+    from otel_topics.config import dump_defaults
+
+    print(dump_defaults(), end="")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from otel_topics.replay import read_conversations, send
+
+    conversations = list(read_conversations(Path(args.file)))
+    if args.limit is not None:
+        conversations = conversations[: args.limit]
+    ids = send(
+        conversations,
+        endpoint=args.endpoint,
+        protocol=args.protocol,
+        batch=args.batch,
+        service=args.service,
+    )
+    print(f"sent {len(ids)} traces to {args.endpoint} ({args.protocol})")
+    if args.trace_ids:
+        Path(args.trace_ids).write_text("".join(t.hex() + "\n" for t in ids))
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    import csv
+
+    from otel_topics.config import load_config
+    from otel_topics.store import open_store
+
+    config = load_config(args.config)
+    store = open_store(config.store_url())
+    columns, rows = store.query(args.sql)
+    writer = csv.writer(sys.stdout, delimiter="\t" if args.format == "tsv" else ",")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="otel-topics",
+        description="OpenTelemetry sidecar: facets and topics for LLM agent traces.",
+    )
+    p.add_argument("--version", action="version", version=f"otel-topics {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run the sidecar (embedded defaults when no --config)")
+    s.add_argument("--config", metavar="F", help="collector-style YAML config file")
+    s.set_defaults(func=cmd_serve)
+
+    v = sub.add_parser("validate", help="check a config file and print errors with key paths")
+    v.add_argument("--config", metavar="F", required=True)
+    v.set_defaults(func=cmd_validate)
+
+    d = sub.add_parser("print-config", help="print the embedded default config as YAML")
+    d.set_defaults(func=cmd_print_config)
+
+    r = sub.add_parser("replay", help="send OpenAI-format conversations (JSONL) as GenAI-convention traces")
+    r.add_argument("file", metavar="F.jsonl")
+    r.add_argument("--endpoint", default="localhost:4317", help="OTLP endpoint (default localhost:4317)")
+    r.add_argument(
+        "--protocol", choices=["grpc", "http"], default="grpc", help="OTLP transport (default grpc)"
+    )
+    r.add_argument("--batch", type=int, default=8, help="traces per export request (default 8)")
+    r.add_argument("--limit", type=int, help="send only the first N conversations")
+    r.add_argument("--service", default="otel-topics-replay", help="service.name of the traces")
+    r.add_argument("--trace-ids", metavar="OUT", help="write the sent trace ids (hex), one a line")
+    r.set_defaults(func=cmd_replay)
+
+    q = sub.add_parser("query", help="read-only SQL over the store (traces, facets, classifications)")
+    q.add_argument("sql")
+    q.add_argument("--config", metavar="F")
+    q.add_argument("--format", choices=["tsv", "csv"], default="tsv")
+    q.set_defaults(func=cmd_query)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"otel-topics: {exc}", file=sys.stderr)
+        return 2
+    except (OtelTopicsError, OSError, ValueError) as exc:
+        print(f"otel-topics: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,145 @@
+"""``otel-topics serve`` as a real process: replayed τ-bench traces through it to a real OTLP sink."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from otel_topics.model import NO_MATCH
+from otel_topics.otlp import is_root
+from otel_topics.testing import OtlpSink
+
+FACETS = ("facets.Task", "facets.Sentiment", "facets.Issues")
+
+
+def tau_conversations(shared_data: Path, n: int) -> list[list[dict[str, object]]]:
+    trajs = json.loads((shared_data / "agent_trajectories/tau_bench/gpt-4o-airline.json").read_text())
+    # the first n trajectories with a tool error and the first n without, interleaved
+    with_err = [
+        t["traj"]
+        for t in trajs
+        if any(m.get("role") == "tool" and str(m.get("content", "")).startswith("Error") for m in t["traj"])
+    ]
+    without = [t["traj"] for t in trajs if t["traj"] not in with_err]
+    out: list[list[dict[str, object]]] = []
+    for a, b in zip(with_err, without, strict=False):
+        out.extend([a, b])
+    return out[:n]
+
+
+def replay(path: Path, endpoint: str, *extra: str) -> list[str]:
+    ids = path.with_suffix(".ids")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "otel_topics",
+            "replay",
+            str(path),
+            "--endpoint",
+            endpoint,
+            "--trace-ids",
+            str(ids),
+            *extra,
+        ],
+        check=True,
+        timeout=120,
+    )
+    return ids.read_text().split()
+
+
+def attrs(span: object) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for kv in span.attributes:  # type: ignore[attr-defined]
+        v = kv.value
+        out[kv.key] = getattr(v, v.WhichOneof("value")) if v.WhichOneof("value") else None
+    return out
+
+
+@pytest.fixture
+def sink() -> OtlpSink:
+    s = OtlpSink().start()
+    yield s
+    s.stop()
+
+
+def exporter_yaml(sink: OtlpSink) -> str:
+    return f"  otlp/out: {{endpoint: '127.0.0.1:{sink.port}', tls: {{insecure: true}}}}\n"
+
+
+PIPES = (
+    "    traces: {receivers: [otlp], processors: [topics], exporters: [otlp/out]}\n"
+    "    logs: {receivers: [otlp], processors: [topics], exporters: [otlp/out]}\n"
+    "    metrics: {receivers: [otlp], exporters: [otlp/out]}\n"
+)
+
+
+def test_tau_bench_traces_arrive_enriched(
+    tmp_path: Path, shared_data: Path, sink: OtlpSink, make_sidecar
+) -> None:
+    convs = tau_conversations(shared_data, 12)
+    src = tmp_path / "tau.jsonl"
+    src.write_text("".join(json.dumps(c) + "\n" for c in convs))
+    expected_spans = sum(1 + sum(1 for m in c if m["role"] in ("assistant", "tool")) for c in convs)
+
+    side = make_sidecar(
+        tmp_path, exporter_yaml(sink), "{assembler: {idle: 1s, max_wait: 20s}}", PIPES
+    ).start()
+    ids = replay(src, f"127.0.0.1:{side.grpc_port}")
+    assert len(ids) == 12
+    assert sink.wait_for(lambda s: s.spans >= expected_spans, timeout=120), side.log.read_text()[-3000:]
+
+    spans = sink.all_spans()
+    assert len(spans) == expected_spans
+    by_trace: dict[str, list[object]] = {}
+    for s in spans:
+        by_trace.setdefault(s.trace_id.hex(), []).append(s)
+    assert sorted(by_trace) == sorted(ids)
+    system_prompt = str(convs[0][0]["content"])
+    for tid, tspans in by_trace.items():
+        roots = [s for s in tspans if is_root(s)]  # type: ignore[arg-type]
+        assert len(roots) == 1
+        a = attrs(roots[0])
+        for key in FACETS:
+            assert isinstance(a.get(key), str) and a[key], (tid, key, a)
+        assert a["otel_topics.status"] == "ok"
+        assert a["facets.Task"] != NO_MATCH
+        assert a["facets.Sentiment"] in ("positive", "neutral", "negative", "mixed", NO_MATCH)
+        # scorer / system text never leaks into a facet
+        for key in FACETS:
+            assert "Airline Agent Policy" not in str(a[key])
+        for s in tspans:
+            if s is not roots[0]:
+                assert not any(k.startswith("facets.") for k in attrs(s))
+    assert system_prompt  # the fixture data really has a system prompt
+    side.stop()
+    assert "otel_topics_exported_items_total" in side.metrics_text() if side.proc.poll() is None else True
+
+
+def test_sigkill_after_ack_loses_nothing(
+    tmp_path: Path, shared_data: Path, sink: OtlpSink, make_sidecar
+) -> None:
+    convs = tau_conversations(shared_data, 12)
+    src = tmp_path / "tau.jsonl"
+    src.write_text("".join(json.dumps(c) + "\n" for c in convs))
+    expected_spans = sum(1 + sum(1 for m in c if m["role"] in ("assistant", "tool")) for c in convs)
+
+    # long idle: nothing is released before the kill, so everything acknowledged lives only in the spool
+    side = make_sidecar(
+        tmp_path, exporter_yaml(sink), "{assembler: {idle: 60s, max_wait: 120s}}", PIPES
+    ).start()
+    ids = replay(src, f"127.0.0.1:{side.grpc_port}")
+    side.kill()
+    assert sink.spans == 0
+
+    # restart over the same data dir with a short idle: the spool is recovered and delivered
+    side.config.write_text(side.config.read_text().replace("idle: 60s", "idle: 1s"))
+    side.start()
+    assert sink.wait_for(lambda s: s.spans >= expected_spans, timeout=120), side.log.read_text()[-3000:]
+    got = {s.trace_id.hex() for s in sink.all_spans()}
+    assert got == set(ids)
+    assert len(sink.all_spans()) == expected_spans
