@@ -59,7 +59,9 @@ def flat_attributes(span: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kv in raw:
         value = kv.get("value", {})
-        out[kv["key"]] = next(iter(value.values()), None) if isinstance(value, dict) else value
+        if isinstance(value, dict):  # OTLP AnyValue as JSON: {"string_value": ...}; unset keys may be null
+            value = next((v for v in value.values() if v is not None), None)
+        out[kv["key"]] = value
     return out
 
 
