@@ -19,7 +19,8 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for noisy in ("httpx", "faiss", "faiss.loader"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

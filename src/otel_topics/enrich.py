@@ -103,8 +103,10 @@ class TraceEnricher:
         self.retry_interval = retry_interval
         self.clock = clock
 
-    async def enrich(self, trace: TraceData) -> Enrichment:
-        root = root_info(trace)
+    async def enrich(self, trace: TraceData, root: RootInfo | None = None) -> Enrichment:
+        """``root``: the trace's root when it is not among these spans (late spans of a released trace)."""
+        if root is None:
+            root = root_info(trace)
         try:
             conversation = self.preprocessor(trace)
         except Exception as exc:  # a custom preprocessor may raise anything

@@ -218,11 +218,12 @@ class Pipeline:
     async def _process(self, released: Released, trace: TraceData) -> None:
         assert self.assembler is not None
         try:
-            enrichment = await self._enrich(trace)
+            root = await self._root_of(trace) if trace.reopened else None
+            enrichment = await self._enrich(trace, root)
             delay = 0.25
             while True:
                 try:
-                    await self._forward(trace, enrichment)
+                    await self._forward(trace, enrichment, root)
                     break
                 except Backpressure as exc:  # exporter queues full: wait, never drop
                     if self._stopping:
@@ -237,11 +238,11 @@ class Pipeline:
         finally:
             self._sem.release()
 
-    async def _enrich(self, trace: TraceData) -> Enrichment:
+    async def _enrich(self, trace: TraceData, root: RootInfo | None) -> Enrichment:
         if self.enricher is None:
             return Enrichment(trace.trace_id)
         try:
-            return await asyncio.wait_for(self.enricher.enrich(trace), self.s.enrich_timeout)
+            return await asyncio.wait_for(self.enricher.enrich(trace, root), self.s.enrich_timeout)
         except TimeoutError:
             metrics.ENRICHED_TRACES.labels(Status.TIMEOUT).inc()
             return Enrichment(trace.trace_id, Status.TIMEOUT)
@@ -250,7 +251,7 @@ class Pipeline:
             metrics.ERRORS.labels("enrich").inc()
             return Enrichment(trace.trace_id, Status.PREPROCESS_ERROR)
 
-    async def _forward(self, trace: TraceData, enrichment: Enrichment) -> None:
+    async def _forward(self, trace: TraceData, enrichment: Enrichment, root: RootInfo | None) -> None:
         attrs = enrichment.attributes() if self.enricher is not None else {}
         late = self.s.forward == "immediate" or trace.reopened
         if late:
@@ -259,7 +260,7 @@ class Pipeline:
                 if trace.logs is not None and trace.logs.resource_logs:
                     await self._put("logs", trace.logs)
             if attrs:
-                await self.emit_classification(trace, enrichment, source="late")
+                await self.emit_classification(trace, enrichment, source="late", root=root)
             return
         if attrs:
             enrich_spans(trace.spans, attrs, attach_to=self.s.attach_to)

@@ -95,7 +95,8 @@ def _attrs(kvs: Iterable[KeyValue], only_enrichment: bool) -> str:
 class DebugSender:
     """Logs a human-readable summary of each request, like the collector's debug exporter.
 
-    ``basic``: one line of counts per request. ``normal``: plus one line per span (name, trace id, and
+    ``basic``: one line of counts per request, and one line per span that carries enrichment
+    attributes (the roots). ``normal``: plus one line per span (name, trace id, and
     the ``facets.*`` / ``classifications.*`` / ``otel_topics.*`` attributes), log record or metric.
     ``detailed``: resources, scopes, and every attribute.
     """
@@ -136,7 +137,13 @@ class DebugSender:
     def _traces(self, request: ExportTraceServiceRequest) -> list[str]:
         n = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
         lines = [f"{self.name}: traces: {len(request.resource_spans)} resource spans, {n} spans"]
-        if self.verbosity == "basic":
+        if self.verbosity == "basic":  # plus the enrichment, where a span carries it
+            for rs in request.resource_spans:
+                for ss in rs.scope_spans:
+                    for span in ss.spans:
+                        enriched = _attrs(span.attributes, True)
+                        if enriched:
+                            lines.append(f"  trace_id={span.trace_id.hex()} {enriched}")
             return lines
         detailed = self.verbosity == "detailed"
         for i, rs in enumerate(request.resource_spans):

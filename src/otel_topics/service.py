@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import signal
+import time
 from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -147,6 +148,7 @@ class Service:
     embedder: Embedder | None = None
     ports: dict[str, int] = field(default_factory=dict)
     _poll: asyncio.Task[None] | None = None
+    _housekeeping: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         from otel_topics.classify import CentroidClassifier
@@ -244,6 +246,7 @@ class Service:
             )
             await self._load_maps()
             self._poll = asyncio.create_task(self._poll_maps())
+            self._housekeeping = asyncio.create_task(self._purge_loop(t.store.retention))
         pipe_settings = PipelineSettings(
             sampling_rate=t.sampling_rate,
             forward=t.forward,
@@ -345,6 +348,20 @@ class Service:
                 log.exception("could not load topic maps")
                 metrics.ERRORS.labels("classify").inc()
 
+    async def _purge_loop(self, retention: float, every: float = 3600.0) -> None:
+        """Retention by age: drop stored traces, facets, vectors and classifications older than it."""
+        if retention <= 0 or self.store is None:
+            return
+        while True:
+            try:
+                removed = await self.store.run(self.store.store.purge, time.time() - retention)
+                if removed:
+                    log.info("retention: removed %d traces older than %.0fs", removed, retention)
+            except Exception:
+                log.exception("retention purge failed")
+                metrics.ERRORS.labels("store").inc()
+            await asyncio.sleep(every)
+
     def _telemetry_app(self) -> web.Application:
         app = web.Application()
 
@@ -374,10 +391,11 @@ class Service:
                 await server.stop(grace=2.0)
         for runner in self.runners:
             await runner.cleanup()
-        if self._poll is not None:
-            self._poll.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._poll
+        for task in (self._poll, self._housekeeping):
+            if task is not None:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
         if self.pipeline is not None:
             await self.pipeline.drain(timeout / 2)
         for qe in self.exporters:
