@@ -22,6 +22,7 @@ from otel_topics.assembler import Assembler
 from otel_topics.config import Config, OtlpGrpcExporter, OtlpHttpExporter
 from otel_topics.enrich import MapBinding, StoreRunner, TraceEnricher
 from otel_topics.exporter import Exporters, MemoryQueue, QueuedExporter
+from otel_topics.facets.cache import FacetCache, StoreFacetCache
 from otel_topics.model import Signal
 from otel_topics.pipeline import Pipeline, PipelineSettings
 from otel_topics.spool import DurableLog, PersistentQueue
@@ -77,7 +78,7 @@ def build_sender(key: str, kind: str, settings: Any) -> Sender:
     raise ValueError(f"unknown exporter type {kind!r}")
 
 
-def build_extractor(config: Config) -> FacetExtractor:
+def build_extractor(config: Config, cache: FacetCache | None = None) -> FacetExtractor:
     from otel_topics.facets import spec_from_config
     from otel_topics.facets.heuristic import HeuristicFacetExtractor
 
@@ -101,11 +102,14 @@ def build_extractor(config: Config) -> FacetExtractor:
             max_tokens=llm.max_tokens,
             temperature=llm.temperature,
             headers=dict(llm.headers),
+            cache=cache,
         )
     if llm.type == "llama_cpp":
         from otel_topics.facets.llama import LlamaCppFacetExtractor
 
-        return LlamaCppFacetExtractor(specs, model_path=Path(str(llm.model_path)), max_tokens=llm.max_tokens)
+        return LlamaCppFacetExtractor(
+            specs, model_path=Path(str(llm.model_path)), max_tokens=llm.max_tokens, cache=cache
+        )
     raise ValueError(f"unknown llm type {llm.type!r}")
 
 
@@ -236,7 +240,7 @@ class Service:
             maps = [MapBinding(m.name or m.facet, m.facet) for m in cfg.topic_maps()]
             enricher = TraceEnricher(
                 preprocessor=preprocessor,
-                extractor=build_extractor(cfg),
+                extractor=build_extractor(cfg, StoreFacetCache(self.store.store)),
                 embedder=self.embedder,
                 classifier=classifier,
                 maps=maps,

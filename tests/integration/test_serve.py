@@ -143,3 +143,45 @@ def test_sigkill_after_ack_loses_nothing(
     got = {s.trace_id.hex() for s in sink.all_spans()}
     assert got == set(ids)
     assert len(sink.all_spans()) == expected_spans
+
+
+def test_genai_log_records_join_their_trace(
+    tmp_path: Path, shared_data: Path, sink: OtlpSink, make_sidecar
+) -> None:
+    """The older official instrumentation puts message content only in log records."""
+    import httpx
+
+    side = make_sidecar(tmp_path, exporter_yaml(sink), "{assembler: {idle: 1s}}", PIPES).start()
+    lines = (shared_data / "instrumented_spans/otel-openai-v2-2.1b0-events.jsonl").read_text().splitlines()
+    for line in lines:  # logs first, as the file has them: they wait for their trace
+        doc = json.loads(line)
+        signal = next(iter(doc))
+        r = httpx.post(
+            f"http://127.0.0.1:{side.http_port}/v1/{signal}",
+            content=json.dumps(doc[signal]),
+            headers={"Content-Type": "application/json"},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+    assert sink.wait_for(lambda s: s.spans >= 1 and s.log_records >= 3, timeout=60)
+    root = sink.all_spans()[0]
+    a = attrs(root)
+    assert a["otel_topics.status"] == "ok"
+    assert "capital of France" in a["facets.Task"]
+
+
+def test_sigterm_drains_pending_traces(
+    tmp_path: Path, shared_data: Path, sink: OtlpSink, make_sidecar
+) -> None:
+    convs = tau_conversations(shared_data, 4)
+    src = tmp_path / "tau.jsonl"
+    src.write_text("".join(json.dumps(c) + "\n" for c in convs))
+    expected_spans = sum(1 + sum(1 for m in c if m["role"] in ("assistant", "tool")) for c in convs)
+    topics = "{assembler: {idle: 60s, max_wait: 120s}}"
+    side = make_sidecar(tmp_path, exporter_yaml(sink), topics, PIPES).start()
+    replay(src, f"127.0.0.1:{side.grpc_port}")
+    assert sink.spans == 0
+    assert side.stop() == 0  # SIGTERM: pending traces are released, enriched and delivered
+    assert sink.spans == expected_spans
+    roots = [s for s in sink.all_spans() if is_root(s)]
+    assert len(roots) == 4 and all("facets.Task" in attrs(r) for r in roots)

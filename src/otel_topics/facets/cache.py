@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import threading
 from collections import OrderedDict
 from typing import Protocol
+
+from otel_topics.errors import OtelTopicsError
 
 
 class FacetCache(Protocol):
@@ -43,3 +47,40 @@ class LRUFacetCache:
 
     def __len__(self) -> int:
         return len(self._data)
+
+
+class StoreFacetCache:
+    """:class:`FacetCache` over the store's key-value table, behind an in-memory LRU: answers
+    survive restarts, so a trace retried or replayed after a restart costs no second LLM call."""
+
+    def __init__(self, store: _KeyValue, max_entries: int = 10_000) -> None:
+        self.store = store
+        self.memory = LRUFacetCache(max_entries)
+
+    def get(self, key: str) -> dict[str, str] | None:
+        hit = self.memory.get(key)
+        if hit is not None:
+            return hit
+        try:
+            raw = self.store.cache_get(f"facets:{key}")
+        except OtelTopicsError:
+            return None
+        if raw is None:
+            return None
+        value = json.loads(raw)
+        if not isinstance(value, dict):
+            return None
+        answer = {str(k): str(v) for k, v in value.items()}
+        self.memory.put(key, answer)
+        return answer
+
+    def put(self, key: str, value: dict[str, str]) -> None:
+        self.memory.put(key, value)
+        with contextlib.suppress(OtelTopicsError):  # a cache must not fail the trace
+            self.store.cache_put(f"facets:{key}", json.dumps(value, ensure_ascii=False))
+
+
+class _KeyValue(Protocol):
+    def cache_get(self, key: str) -> str | None: ...
+
+    def cache_put(self, key: str, value: str) -> None: ...
