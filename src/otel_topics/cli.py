@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from otel_topics import __version__
+from otel_topics.config import Config
 from otel_topics.errors import ConfigError, OtelTopicsError
 
 
@@ -28,6 +29,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from otel_topics.service import serve
 
     config = load_config(args.config)
+    problems = start_checks(config)
+    if problems:
+        raise ConfigError(problems, source=args.config or "embedded defaults")
     _setup_logging(config.service.telemetry.logs.level)
     logging.getLogger("otel_topics").info(
         "otel-topics %s starting (%s)", __version__, args.config or "embedded default config"
@@ -38,9 +42,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from otel_topics.config import load_config
 
-    load_config(args.config)
+    config = load_config(args.config)
+    problems = start_checks(config)
+    if problems:
+        raise ConfigError(problems, source=args.config)
     print(f"{args.config}: valid")
     return 0
+
+
+def start_checks(config: Config) -> list[tuple[str, str]]:
+    """What only start-up would find: the custom preprocessor imports, the GGUF file exists and
+    llama-cpp-python is installed."""
+    import importlib.util
+
+    problems: list[tuple[str, str]] = []
+    t = config.topics
+    if t.preprocess.custom:
+        from otel_topics.preprocess import load_custom_preprocessor
+
+        try:
+            load_custom_preprocessor(str(t.preprocess.custom))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if t.llm.type == "llama_cpp":
+        path = Path(str(t.llm.model_path))
+        if not path.is_file():
+            problems.append(("processors.topics.llm.model_path", f"no such file: {path}"))
+        if importlib.util.find_spec("llama_cpp") is None:
+            problems.append(
+                ("processors.topics.llm.type", "llama-cpp-python is not installed: "
+                 "run `pip install 'otel-topics[llama]'`")
+            )
+    return problems
 
 
 def cmd_print_config(args: argparse.Namespace) -> int:
@@ -130,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"otel-topics: {exc}", file=sys.stderr)
         return 2
-    except (OtelTopicsError, OSError, ValueError) as exc:
+    except (OtelTopicsError, OSError, ValueError, ImportError) as exc:
         print(f"otel-topics: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

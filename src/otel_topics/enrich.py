@@ -178,7 +178,7 @@ class TraceEnricher:
         if self.store is None:
             return
         now = self.clock()
-        next_at = now + self.retry_interval if retry and attempts < self.retry_attempts else None
+        next_at = now + self.retry_interval if retry and attempts <= self.retry_attempts else None
         record = TraceRecord(
             trace_id=enrichment.trace_id.hex(),
             root_span_id=root.span_id.hex(),

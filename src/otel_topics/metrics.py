@@ -109,7 +109,10 @@ CLASSIFIED_TRACES = Counter(
     registry=REGISTRY,
 )
 RETRY_PENDING = Gauge(
-    "retry_pending", "Stored conversations waiting for a facet retry.", namespace=_NS, registry=REGISTRY
+    "retry_pending",
+    "Stored conversations due for a facet retry at the last poll (at most 16 a poll).",
+    namespace=_NS,
+    registry=REGISTRY,
 )
 
 # exporter

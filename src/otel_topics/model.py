@@ -34,7 +34,7 @@ class Status:
     STORE_ERROR: Final = "store_error"
     TIMEOUT: Final = "timeout"
     PREPROCESS_ERROR: Final = "preprocess_error"
-    RELEASED_EARLY: Final = "released_early"  # memory budget released the trace before it was enriched
+    INTERNAL_ERROR: Final = "internal_error"  # an unexpected failure inside otel-topics (logged)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
@@ -123,6 +123,7 @@ class Pipeline:
         self.store = store
         self._tasks: list[asyncio.Task[None]] = []
         self._inflight: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Future[Any]] = set()  # enrichments past their time limit
         self._sem = asyncio.Semaphore(settings.max_concurrent_traces)
         self._stopping = False
 
@@ -239,17 +240,33 @@ class Pipeline:
             self._sem.release()
 
     async def _enrich(self, trace: TraceData, root: RootInfo | None) -> Enrichment:
+        """Enrich within ``enrich_timeout``. Past it the spans go on un-enriched (``timeout``) while
+        the enrichment keeps running; its result follows as a classification span."""
         if self.enricher is None:
             return Enrichment(trace.trace_id)
+        task = asyncio.ensure_future(self.enricher.enrich(trace, root))
         try:
-            return await asyncio.wait_for(self.enricher.enrich(trace, root), self.s.enrich_timeout)
+            return await asyncio.wait_for(asyncio.shield(task), self.s.enrich_timeout)
         except TimeoutError:
             metrics.ENRICHED_TRACES.labels(Status.TIMEOUT).inc()
+            self._background.add(task)
+            task.add_done_callback(lambda t: self._late_result(t, trace, root))
             return Enrichment(trace.trace_id, Status.TIMEOUT)
         except Exception:
             log.exception("enrichment failed for trace %s", trace.trace_id.hex())
             metrics.ERRORS.labels("enrich").inc()
-            return Enrichment(trace.trace_id, Status.PREPROCESS_ERROR)
+            metrics.ENRICHED_TRACES.labels(Status.INTERNAL_ERROR).inc()
+            return Enrichment(trace.trace_id, Status.INTERNAL_ERROR)
+
+    def _late_result(self, task: asyncio.Future[Enrichment], trace: TraceData, root: RootInfo | None) -> None:
+        self._background.discard(task)
+        if task.cancelled() or task.exception() is not None:
+            return
+        enrichment = task.result()
+        if enrichment.facets and not self._stopping:
+            job = asyncio.ensure_future(self.emit_classification(trace, enrichment, source="late", root=root))
+            self._background.add(job)
+            job.add_done_callback(self._background.discard)
 
     async def _forward(self, trace: TraceData, enrichment: Enrichment, root: RootInfo | None) -> None:
         attrs = enrichment.attributes() if self.enricher is not None else {}
@@ -260,7 +277,8 @@ class Pipeline:
                 if trace.logs is not None and trace.logs.resource_logs:
                     await self._put("logs", trace.logs)
             if attrs:
-                await self.emit_classification(trace, enrichment, source="late", root=root)
+                source: Literal["online", "late"] = "late" if trace.reopened else "online"
+                await self.emit_classification(trace, enrichment, source=source, root=root)
             return
         if attrs:
             enrich_spans(trace.spans, attrs, attach_to=self.s.attach_to)
@@ -348,3 +366,5 @@ class Pipeline:
         pending = list(self._inflight)
         if pending:
             await asyncio.wait(pending, timeout=max(0.1, deadline - time.monotonic()))
+        for job in list(self._background):  # late results of timed-out enrichments: stored already
+            job.cancel()

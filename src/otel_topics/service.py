@@ -39,6 +39,12 @@ def build_sender(key: str, kind: str, settings: Any) -> Sender:
 
     if kind in ("otlp", "otlp_grpc"):
         tls = settings.tls
+        if tls.insecure_skip_verify:
+            log.warning(
+                "exporters.%s.tls.insecure_skip_verify: gRPC (grpcio) cannot skip certificate "
+                "verification; the server certificate is verified (use tls.ca_file for a private CA)",
+                key,
+            )
         return senders.OtlpGrpcSender(
             settings.target,
             insecure=not settings.use_tls,
@@ -108,7 +114,11 @@ def build_extractor(config: Config, cache: FacetCache | None = None) -> FacetExt
         from otel_topics.facets.llama import LlamaCppFacetExtractor
 
         return LlamaCppFacetExtractor(
-            specs, model_path=Path(str(llm.model_path)), max_tokens=llm.max_tokens, cache=cache
+            specs,
+            model_path=Path(str(llm.model_path)),
+            max_tokens=llm.max_tokens,
+            temperature=llm.temperature,
+            cache=cache,
         )
     raise ValueError(f"unknown llm type {llm.type!r}")
 

@@ -4,7 +4,6 @@ instrumentations need openai<3) and rotel, each a real process on its own loopba
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -17,26 +16,19 @@ import pytest
 
 from otel_topics.testing import free_port, wait_for_port
 
-PHOENIX_VERSION = "20.26.1"
-CACHE = Path(os.environ.get("OTEL_TOPICS_TEST_CACHE", Path.home() / ".cache" / "otel-topics-test"))
-
 
 def phoenix_python() -> Path:
-    """The Phoenix virtualenv's python, created (once, cached) with a pinned arize-phoenix."""
-    venv = CACHE / f"phoenix-{PHOENIX_VERSION}"
-    py = venv / "bin" / "python"
-    marker = venv / ".installed"
-    if not marker.exists():
-        shutil.rmtree(venv, ignore_errors=True)
-        venv.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run(
-            [str(py), "-m", "pip", "install", "-q", f"arize-phoenix=={PHOENIX_VERSION}"],
-            check=True,
-            timeout=1800,
+    """The Phoenix virtualenv's python, made by tests/e2e/setup_phoenix.py (the README's test command
+    runs it before pytest; the tests themselves download nothing)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import setup_phoenix
+
+    if not setup_phoenix.installed():
+        pytest.fail(
+            f"Arize Phoenix is not installed in {setup_phoenix.VENV}: "
+            "run `python3 tests/e2e/setup_phoenix.py` (the README's test command does)"
         )
-        marker.write_text(PHOENIX_VERSION)
-    return py
+    return setup_phoenix.PYTHON
 
 
 @dataclass

@@ -54,7 +54,7 @@ from otel_topics.config import (
 from otel_topics.config_load import expand_env
 
 TESTDATA = Path(__file__).resolve().parent / "testdata"
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "readme" / "config.md"
+DOCS = Path(__file__).resolve().parents[2] / "README.md"
 MiB, GiB = 1024**2, 1024**3
 
 
