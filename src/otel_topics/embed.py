@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import re
 import threading
 import time
@@ -91,7 +90,7 @@ class LocalEmbedder:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if threads is not None and threads < 1:
-            raise ValueError(f"threads must be at least 1 (or None for min(2, cpu count)), got {threads}")
+            raise ValueError(f"threads must be at least 1 (or None for 1), got {threads}")
         if not 8 <= max_length <= 512:
             raise ValueError(f"max_length must be between 8 and 512 tokens, got {max_length}")
         self.name: str = name or MODEL_ID
@@ -99,7 +98,7 @@ class LocalEmbedder:
         self.model_path = model_path
         self.tokenizer_path = tokenizer_path
         self.batch_size = batch_size
-        self.threads = threads if threads is not None else min(2, os.cpu_count() or 1)
+        self.threads = threads if threads is not None else 1
         self.max_length = max_length
         self._lock = threading.Lock()  # guards loading
         self._executor_lock = threading.Lock()
@@ -132,6 +131,8 @@ class LocalEmbedder:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
+        # idle worker threads must not spin: the sidecar shares its cores with the receiver and exporters
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])

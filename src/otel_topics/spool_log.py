@@ -248,7 +248,7 @@ class DurableLog:
             return await fut
         finally:
             seg.waiting -= 1
-            self._maybe_delete(seg)
+            asyncio.get_running_loop().call_soon(self._maybe_delete, seg)  # after the caller's retain()
 
     def append_nowait(self, kind: int, payload: bytes, *, guards: Iterable[RecordRef] = ()) -> RecordRef:
         """Append a small control record written with the next commit; not held to ``max_bytes``.

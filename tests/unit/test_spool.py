@@ -356,3 +356,21 @@ async def test_queue_takes_one_oversized_entry_when_empty(tmp_path: Path) -> Non
 
 def test_header_constants() -> None:
     assert HEADER_SIZE == 9 and len(MAGIC) == 8
+
+
+async def test_a_record_survives_until_its_appender_retains_it(tmp_path: Path) -> None:
+    """Regression: a segment emptied by an ack while a new record in it awaited its commit was deleted
+    before the appender could retain the record."""
+    q = PersistentQueue(tmp_path / "q", max_bytes=1 << 20, segment_bytes=4096)
+    await q.start()
+    await q.put(b"a" * 1000)
+    ref_a, _ = await q.get()
+    pb = asyncio.create_task(q.put(b"b" * 1000))  # lands in segment 1, waits for its commit
+    pc = asyncio.create_task(q.put(b"c" * 3000))  # rolls over to segment 2
+    await asyncio.sleep(0)
+    q.ack(ref_a)
+    await pb
+    await pc
+    got = [(await q.get())[1] for _ in range(2)]
+    assert got == [b"b" * 1000, b"c" * 3000]
+    await q.close()
