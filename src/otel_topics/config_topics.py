@@ -47,9 +47,10 @@ class FacetConfig(Section):
         "category and gets no topic map. Null for Sentiment takes positive, neutral, negative, mixed.",
     )
     max_chars: int = Field(default=200, ge=8, description="Longest facet text kept; longer answers are cut.")
-    no_match_pattern: Regex = Field(
-        default="^NONE$",
-        description="Regular expression; an answer that matches it becomes `no_match` (not embedded).",
+    no_match_pattern: Regex | None = Field(
+        default=None,
+        description="Regular expression (case-insensitive); an answer that matches it becomes `no_match` "
+        "(not embedded). Null takes the built-in facet's pattern, `^NONE$` for a custom facet.",
     )
 
     @field_validator("values")
@@ -82,10 +83,14 @@ class FacetConfig(Section):
                 self.prompt = builtin.prompt
             if self.values is None and builtin.values is not None:
                 self.values = list(builtin.values)
+            if self.no_match_pattern is None:
+                self.no_match_pattern = builtin.no_match_pattern
         elif self.prompt is None:
             raise ValueError(
                 f"facet '{self.name}' needs a prompt (only Task, Sentiment and Issues have built-in prompts)"
             )
+        if self.no_match_pattern is None:
+            self.no_match_pattern = "^NONE$"
         return self
 
     @property

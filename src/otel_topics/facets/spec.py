@@ -141,6 +141,10 @@ ISSUES: Final = FacetSpec(
         "complaining. Name the failing tool and the error kind; no names, IDs or personal details. "
         "Answer NONE if nothing went wrong."
     ),
+    # small models often answer "No issues." or "N/A" instead of NONE
+    no_match_pattern=(
+        r"^(NONE|N/?A|no(ne| issues?| problems?| errors?)( (found|reported|detected|occurred))?)\.?$"
+    ),
 )
 
 BUILTIN_FACETS: Final[tuple[FacetSpec, ...]] = (TASK, SENTIMENT, ISSUES)
