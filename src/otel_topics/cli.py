@@ -70,8 +70,10 @@ def start_checks(config: Config) -> list[tuple[str, str]]:
             problems.append(("processors.topics.llm.model_path", f"no such file: {path}"))
         if importlib.util.find_spec("llama_cpp") is None:
             problems.append(
-                ("processors.topics.llm.type", "llama-cpp-python is not installed: "
-                 "run `pip install 'otel-topics[llama]'`")
+                (
+                    "processors.topics.llm.type",
+                    "llama-cpp-python is not installed: run `pip install 'otel-topics[llama]'`",
+                )
             )
     return problems
 
