@@ -13,80 +13,27 @@ LM Studio... ``response_format`` picks how the JSON answer is requested:
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
-import random
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 
-from otel_topics import metrics
-from otel_topics.errors import LLMError
+from otel_topics import llm_http, metrics
 from otel_topics.facets import prompt
 from otel_topics.facets.cache import FacetCache
 from otel_topics.facets.spec import FacetSpec, check_unique
+from otel_topics.llm_http import ResponseFormat
 from otel_topics.model import Conversation
 
 log = logging.getLogger("otel_topics.facets")
 
-ResponseFormat = Literal["json_schema", "json_object", "none"]
-_FORMATS: tuple[str, ...] = ("json_schema", "json_object", "none")
-_MAX_RETRY_AFTER = 120.0
+__all__ = ["OpenAIFacetExtractor", "ResponseFormat"]
 
 
-class _Retryable(Exception):
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _server_message(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:500].strip() or response.reason_phrase
-    if isinstance(body, dict):
-        err = body.get("error", body.get("detail", body.get("message")))
-        if isinstance(err, dict):
-            err = err.get("message", err)
-        if err is not None:
-            return str(err)[:500]
-    return str(body)[:500]
-
-
-def _content(body: Any) -> tuple[str, str | None]:
-    """(message content, finish_reason) of a chat-completions response body."""
-    try:
-        choice = body["choices"][0]
-        message = choice["message"]
-    except (KeyError, IndexError, TypeError) as exc:
-        raise prompt.MalformedAnswer(f"not a chat-completions response: {str(body)[:200]!r}") from exc
-    content = message.get("content")
-    if isinstance(content, list):  # content parts
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    if not isinstance(content, str) or not content.strip():
-        refusal = message.get("refusal")
-        why = f"the model refused: {refusal}" if refusal else "the answer has no content"
-        raise prompt.MalformedAnswer(why)
-    finish = choice.get("finish_reason")
-    return content, finish if isinstance(finish, str) else None
+def _count(outcome: str) -> None:
+    metrics.LLM_REQUESTS.labels(outcome).inc()
 
 
 class OpenAIFacetExtractor:
@@ -121,16 +68,11 @@ class OpenAIFacetExtractor:
         backoff_max: float = 30.0,
     ) -> None:
         self.facets = check_unique(facets)
-        base_url = str(base_url)  # a pydantic HttpUrl works too
-        secret = getattr(api_key, "get_secret_value", None)  # and a pydantic SecretStr
-        if callable(secret):
-            api_key = str(secret())
-        if not base_url:
-            raise ValueError("base_url must not be empty (e.g. https://api.openai.com/v1)")
+        api_key = llm_http.plain_secret(api_key)  # a pydantic SecretStr works too
+        self.url = llm_http.chat_url(base_url)  # and a pydantic HttpUrl
         if not model:
             raise ValueError("model must not be empty")
-        if response_format not in _FORMATS:
-            raise ValueError(f"response_format must be one of {', '.join(_FORMATS)}, got {response_format!r}")
+        self.response_format: ResponseFormat = llm_http.check_response_format(response_format)
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
         if max_retries < 0:
@@ -141,10 +83,7 @@ class OpenAIFacetExtractor:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
         if max_input_chars is not None and max_input_chars < 1000:
             raise ValueError(f"max_input_chars must be at least 1000, got {max_input_chars}")
-        base = base_url.rstrip("/")
-        self.url = base if base.endswith("/chat/completions") else f"{base}/chat/completions"
         self.model = model
-        self.response_format: ResponseFormat = response_format
         self.timeout = timeout
         self.max_retries = max_retries
         self.concurrency = concurrency
@@ -192,13 +131,9 @@ class OpenAIFacetExtractor:
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
         }
-        if self.response_format == "json_schema":
-            body["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": "facets", "strict": self.strict, "schema": self._schema},
-            }
-        elif self.response_format == "json_object":
-            body["response_format"] = {"type": "json_object", "schema": self._schema}
+        rf = llm_http.response_format_field(self.response_format, "facets", self._schema, strict=self.strict)
+        if rf is not None:
+            body["response_format"] = rf
         return body
 
     async def aclose(self) -> None:
@@ -228,75 +163,17 @@ class OpenAIFacetExtractor:
             self._semaphore = asyncio.Semaphore(self.concurrency)
         return self._client, self._semaphore
 
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, _MAX_RETRY_AFTER)
-        ceiling = min(self.backoff_max, self.backoff_base * (2**attempt))
-        return float(ceiling * random.uniform(0.5, 1.0))
-
     async def _ask(self, client: httpx.AsyncClient, rendered: str) -> dict[str, str]:
-        body = self.request_body(rendered)
-        attempt = 0  # transport-level retries used
-        malformed_left = 1
-        while True:
-            try:
-                content, finish = await self._post(client, body)
-                try:
-                    values = prompt.parse_answer(content, self.facets)
-                except prompt.MalformedAnswer as exc:
-                    hint = (
-                        f" (finish_reason=length: the answer hit max_tokens={self.max_tokens})"
-                        if finish == "length"
-                        else ""
-                    )
-                    raise prompt.MalformedAnswer(f"{exc}{hint}") from exc
-            except prompt.MalformedAnswer as exc:
-                if malformed_left > 0:
-                    malformed_left -= 1
-                    metrics.LLM_REQUESTS.labels("retry").inc()
-                    log.info("facet LLM %s gave a malformed answer, asking again: %s", self.url, exc)
-                    continue
-                metrics.LLM_REQUESTS.labels("error").inc()
-                raise LLMError(f"facet LLM {self.url} (model {self.model}): malformed answer: {exc}") from exc
-            except _Retryable as exc:
-                if attempt >= self.max_retries:
-                    metrics.LLM_REQUESTS.labels("error").inc()
-                    raise LLMError(
-                        f"facet LLM {self.url} (model {self.model}) failed after {attempt + 1} "
-                        f"attempt(s): {exc}"
-                    ) from exc
-                delay = self._delay(attempt, exc.retry_after)
-                attempt += 1
-                metrics.LLM_REQUESTS.labels("retry").inc()
-                log.info(
-                    "facet LLM %s: %s; retry %d/%d in %.2fs", self.url, exc, attempt, self.max_retries, delay
-                )
-                await asyncio.sleep(delay)
-                continue
-            metrics.LLM_REQUESTS.labels("ok").inc()
-            return values
-
-    async def _post(self, client: httpx.AsyncClient, body: dict[str, Any]) -> tuple[str, str | None]:
-        try:
-            response = await client.post(self.url, json=body)
-        except httpx.TimeoutException as exc:
-            raise _Retryable(f"timed out after {self.timeout}s ({type(exc).__name__})") from exc
-        except httpx.TransportError as exc:
-            raise _Retryable(f"connection failed: {type(exc).__name__}: {exc}") from exc
-        status = response.status_code
-        if status == 429 or status >= 500:
-            raise _Retryable(
-                f"HTTP {status}: {_server_message(response)}",
-                _retry_after(response.headers.get("retry-after")),
-            )
-        if status >= 400:
-            metrics.LLM_REQUESTS.labels("error").inc()
-            raise LLMError(
-                f"facet LLM {self.url} (model {self.model}) refused the request: HTTP {status}: "
-                f"{_server_message(response)}"
-            )
-        try:
-            data = response.json()
-        except ValueError as exc:
-            raise prompt.MalformedAnswer(f"response body is not JSON: {response.text[:200]!r}") from exc
-        return _content(data)
+        return await llm_http.complete(
+            client,
+            self.url,
+            self.request_body(rendered),
+            lambda content: prompt.parse_answer(content, self.facets),
+            what=f"facet LLM {self.url} (model {self.model})",
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+            backoff_base=self.backoff_base,
+            backoff_max=self.backoff_max,
+            log=log,
+            on_outcome=_count,
+        )

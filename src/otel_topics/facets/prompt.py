@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Sequence
 from typing import Any, Final
 
 from otel_topics.facets.spec import FacetSpec
+from otel_topics.llm_http import MalformedAnswer as MalformedAnswer  # re-exported
+from otel_topics.llm_http import find_json
 from otel_topics.model import NO_MATCH, Conversation
 
 PROMPT_VERSION: Final = 1
 """Bumped whenever the prompt below changes, so persisted cache entries of an older prompt miss."""
 
 NONE: Final = "NONE"
-
-
-class MalformedAnswer(ValueError):
-    """The model's answer holds no usable JSON object."""
 
 
 def _says_none(spec: FacetSpec) -> bool:
@@ -108,31 +105,10 @@ def cache_key(model: str, facets: Sequence[FacetSpec], rendered: str) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-_FENCE = re.compile(r"```[A-Za-z0-9_-]*\s*\n?(.*?)```", re.DOTALL)
-
-
-def _first_object(text: str) -> dict[str, Any] | None:
-    decoder = json.JSONDecoder()
-    start = text.find("{")
-    while start != -1:
-        try:
-            value, _ = decoder.raw_decode(text, start)
-        except json.JSONDecodeError:
-            start = text.find("{", start + 1)
-            continue
-        if isinstance(value, dict):
-            return value
-        start = text.find("{", start + 1)
-    return None
-
-
 def parse_answer(text: str, facets: Sequence[FacetSpec]) -> dict[str, str]:
     """The model's text -> one normalized value per facet. Raises MalformedAnswer when unusable."""
-    fenced = _FENCE.search(text)
-    obj = _first_object(fenced.group(1)) if fenced else None
-    if obj is None:
-        obj = _first_object(text)
-    if obj is None:
+    obj = find_json(text)
+    if not isinstance(obj, dict):
         raise MalformedAnswer(f"no JSON object in the answer: {text[:200]!r}")
     by_lower = {str(k).strip().lower(): v for k, v in obj.items()}
     names = [f.name.lower() for f in facets]
