@@ -219,13 +219,25 @@ def send(
             trace_ids.append(rs.scope_spans[0].spans[0].trace_id)
             req.resource_spans.append(rs)
         requests.append(req)
+    send_requests(requests, endpoint=endpoint, protocol=protocol, timeout=timeout, attempts=attempts)
+    return trace_ids
+
+
+def send_requests(
+    requests: Sequence[ExportTraceServiceRequest],
+    *,
+    endpoint: str,
+    protocol: str = "grpc",
+    timeout: float = 30.0,
+    attempts: int = 10,
+) -> None:
+    """Send prebuilt export requests over OTLP/gRPC or OTLP/HTTP, retrying backpressure answers."""
     if protocol == "grpc":
         _send_grpc(requests, endpoint, timeout, attempts)
     elif protocol in ("http", "http/protobuf"):
         _send_http(requests, endpoint, timeout, attempts)
     else:
         raise ValueError(f"protocol must be grpc or http, got {protocol!r}")
-    return trace_ids
 
 
 def _send_grpc(

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from otel_topics.model import NO_MATCH
 from otel_topics.otlp import is_root
@@ -185,3 +186,47 @@ def test_sigterm_drains_pending_traces(
     assert sink.spans == expected_spans
     roots = [s for s in sink.all_spans() if is_root(s)]
     assert len(roots) == 4 and all("facets.Task" in attrs(r) for r in roots)
+
+
+def test_scorer_content_never_reaches_a_facet(
+    tmp_path: Path, shared_data: Path, sink: OtlpSink, make_sidecar
+) -> None:
+    """An EVALUATOR span and a gen_ai.evaluation.result event carry scorer text: it is forwarded, never
+    part of a facet."""
+    import os
+
+    from otel_topics.replay import TraceBuilder, send_requests
+
+    marker = "SCORER VERDICT: the agent was rude and wrong"
+    req = ExportTraceServiceRequest()
+    for conv in tau_conversations(shared_data, 4):
+        rs = TraceBuilder().build(conv)
+        spans = rs.scope_spans[0].spans
+        root, chat = spans[0], next(s for s in spans if s.name.startswith("chat"))
+        ev = chat.events.add(name="gen_ai.evaluation.result", time_unix_nano=chat.end_time_unix_nano)
+        ev.attributes.add(key="gen_ai.evaluation.explanation").value.string_value = marker
+        scorer = spans.add(
+            trace_id=root.trace_id,
+            span_id=os.urandom(8),
+            parent_span_id=root.span_id,
+            name="evaluate helpfulness",
+            start_time_unix_nano=root.start_time_unix_nano,
+            end_time_unix_nano=root.end_time_unix_nano,
+        )
+        scorer.attributes.add(key="openinference.span.kind").value.string_value = "EVALUATOR"
+        scorer.attributes.add(key="input.value").value.string_value = marker
+        scorer.attributes.add(key="output.value").value.string_value = marker
+        req.resource_spans.append(rs)
+    n = sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
+    side = make_sidecar(tmp_path, exporter_yaml(sink), "{assembler: {idle: 1s}}", PIPES).start()
+    send_requests([req], endpoint=f"127.0.0.1:{side.grpc_port}")
+    assert sink.wait_for(lambda s: s.spans >= n, timeout=60)
+    spans = sink.all_spans()
+    assert sum(1 for s in spans if s.name == "evaluate helpfulness") == 4  # still forwarded
+    roots = [s for s in spans if is_root(s)]
+    assert len(roots) == 4
+    for r in roots:
+        a = attrs(r)
+        assert a["otel_topics.status"] == "ok"
+        for key in FACETS:
+            assert "SCORER" not in str(a[key]) and "rude" not in str(a[key]), (key, a[key])
