@@ -119,6 +119,38 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_topics(args: argparse.Namespace) -> int:
+    from otel_topics import topics_cli as tc
+    from otel_topics.config import load_config
+
+    config = load_config(args.config)
+    if args.action == "build":
+        for tm in tc.build(config, args.map):
+            print(tc.format_map(tm, min_examples_traces=config.topics.automation.min_examples_traces))
+        return 0
+    store = tc.with_store(config)
+    try:
+        if args.action == "list":
+            print(tc.format_list(store))
+        elif args.action == "status":
+            print(tc.format_status(store, [m.map_name for m in config.topic_maps()]))
+        else:
+            latest = store.latest_topic_map(args.name)
+            if latest is None:
+                print(f"otel-topics: no topic map {args.name!r} in the store", file=sys.stderr)
+                return 1
+            print(tc.format_map(latest, min_examples_traces=config.topics.automation.min_examples_traces))
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from otel_topics import cluster_cli
+
+    return cluster_cli.cmd_cluster(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="otel-topics",
@@ -155,6 +187,33 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--config", metavar="F")
     q.add_argument("--format", choices=["tsv", "csv"], default="tsv")
     q.set_defaults(func=cmd_query)
+
+    t = sub.add_parser("topics", help="build, list and show topic maps; automation status")
+    tsub = t.add_subparsers(dest="action", required=True, metavar="ACTION")
+    tb = tsub.add_parser("build", help="build and save a new version now (all maps without --map)")
+    tb.add_argument("--map", metavar="NAME")
+    tsub.add_parser("list", help="saved topic map versions")
+    ts = tsub.add_parser("show", help="the latest version's topics")
+    ts.add_argument("name", metavar="NAME")
+    tsub.add_parser("status", help="automation state, reason and since, per map")
+    for action in tsub.choices.values():
+        action.add_argument("--config", metavar="F")
+    t.set_defaults(func=cmd_topics)
+
+    c = sub.add_parser("cluster", help="cluster facet texts (JSONL or the store) into named topics")
+    c.add_argument("--input", metavar="F.jsonl", help="JSON lines, one text per line")
+    c.add_argument("--text-field", metavar="NAME", help="field holding the facet text")
+    c.add_argument("--label-field", metavar="NAME", help="gold label field: report ARI and NMI")
+    c.add_argument("--facet", metavar="NAME", help="cluster this facet's stored texts instead")
+    c.add_argument("--since", default="24h", help="with --facet: how far back (default 24h)")
+    c.add_argument("--limit", type=int, default=50_000, help="with --facet: at most N texts")
+    c.add_argument("--config", metavar="F", help="with --facet: the config (store, embedder)")
+    c.add_argument("--previous", metavar="PREV.json", help="an earlier --json output: keep its ids")
+    c.add_argument("--json", metavar="OUT.json", help="write metrics, clusters and assignments")
+    c.add_argument("--embeddings-out", metavar="V.npy", help="save the float32 vectors (input order)")
+    c.add_argument("--html", metavar="REPORT.html", help="write a self-contained HTML report")
+    c.add_argument("--min-examples", type=int, default=5, help="members needed to show examples (default 5)")
+    c.set_defaults(func=cmd_cluster)
     return p
 
 

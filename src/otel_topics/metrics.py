@@ -152,6 +152,14 @@ EXPORT_REJECTED_ITEMS = Counter(
     registry=REGISTRY,
 )
 
+AUTOMATION_STATE = Gauge(
+    "automation_state",
+    "1 for the current automation state of a topic map, 0 for its other states.",
+    ["map", "state"],
+    namespace=_NS,
+    registry=REGISTRY,
+)
+
 # generic
 ERRORS = Counter(
     "errors",

@@ -20,10 +20,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from otel_topics import metrics
 from otel_topics.assembler import Assembler
 from otel_topics.config import Config, OtlpGrpcExporter, OtlpHttpExporter
-from otel_topics.enrich import MapBinding, StoreRunner, TraceEnricher
+from otel_topics.enrich import MapBinding, RootInfo, StoreRunner, TraceEnricher
 from otel_topics.exporter import Exporters, MemoryQueue, QueuedExporter
 from otel_topics.facets.cache import FacetCache, StoreFacetCache
-from otel_topics.model import Signal
+from otel_topics.model import Enrichment, Signal, TopicMap
 from otel_topics.pipeline import Pipeline, PipelineSettings
 from otel_topics.spool import DurableLog, PersistentQueue
 from otel_topics.stages import Classifier, Embedder, FacetExtractor, Preprocessor, Sender
@@ -163,6 +163,8 @@ class Service:
     ports: dict[str, int] = field(default_factory=dict)
     _poll: asyncio.Task[None] | None = None
     _housekeeping: asyncio.Task[None] | None = None
+    _automation: asyncio.Task[None] | None = None
+    _backfills: set[asyncio.Task[int]] = field(default_factory=set)
 
     async def start(self) -> None:
         from otel_topics.classify import CentroidClassifier
@@ -260,6 +262,11 @@ class Service:
             )
             await self._load_maps()
             self._poll = asyncio.create_task(self._poll_maps())
+            if t.automation.enabled:
+                from otel_topics.automation import Automation
+
+                auto = Automation(self.store, cfg, self.embedder.name, lambda _: self._load_maps())
+                self._automation = asyncio.create_task(auto.run())
             self._housekeeping = asyncio.create_task(self._purge_loop(t.store.retention))
         pipe_settings = PipelineSettings(
             sampling_rate=t.sampling_rate,
@@ -351,6 +358,29 @@ class Service:
                     latest.version,
                     len(latest.clusters),
                 )
+                self._start_backfill(latest)
+
+    def _start_backfill(self, topic_map: TopicMap) -> None:
+        """Re-classify recent traces with a version just swapped in (once per version, store-wide)."""
+        from otel_topics.backfill import backfill
+
+        window = self.config.topics.automation.backfill_window
+        if self.store is None or window <= 0:
+            return
+
+        async def emit(_: str, root: RootInfo, enrichment: Enrichment) -> None:
+            assert self.pipeline is not None  # set in start() before any task runs
+            await self.pipeline.emit_classification(None, enrichment, source="backfill", root=root)
+
+        task = asyncio.create_task(backfill(self.store, topic_map, window=window, emit=emit))
+        self._backfills.add(task)
+        task.add_done_callback(self._backfill_done)
+
+    def _backfill_done(self, task: asyncio.Task[int]) -> None:
+        self._backfills.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("backfill failed: %r", task.exception())
+            metrics.ERRORS.labels("store").inc()
 
     async def _poll_maps(self, every: float = 5.0) -> None:
         """Hot-swap new topic map versions, whichever process drew them."""
@@ -405,7 +435,7 @@ class Service:
                 await server.stop(grace=2.0)
         for runner in self.runners:
             await runner.cleanup()
-        for task in (self._poll, self._housekeeping):
+        for task in (self._poll, self._housekeeping, self._automation, *self._backfills):
             if task is not None:
                 task.cancel()
                 with suppress(asyncio.CancelledError):

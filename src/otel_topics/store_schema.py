@@ -101,7 +101,17 @@ def _v2_cache_state(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX classifications_created_at ON classifications (created_at)")
 
 
-MIGRATIONS: list[Migration] = [_v1_core, _v2_cache_state]
+def _v3_locks(conn: sqlite3.Connection) -> None:
+    """Leases, so one process at a time builds a topic map."""
+    conn.execute(
+        """CREATE TABLE locks (
+            name TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL)"""
+    )
+
+
+MIGRATIONS: list[Migration] = [_v1_core, _v2_cache_state, _v3_locks]
 """Schema migrations in order; ``MIGRATIONS[i]`` takes the schema from version i to i + 1.
 Append only: never edit or reorder a migration that has shipped."""
 

@@ -411,6 +411,26 @@ class SqliteStore:
             ).fetchall()
         return {str(m): (str(s), str(r), float(t)) for m, s, r, t in rows}
 
+    # ---- locks --------------------------------------------------------------------------------
+    def try_lock(self, name: str, owner: str, ttl: float) -> bool:
+        """Take (or renew) the lease ``name`` for ``ttl`` seconds; False while another owner holds an
+        unexpired lease. Shared by every process using the same database file."""
+        now = self._clock()
+        with self._op("try_lock", write=True) as c:
+            c.execute(
+                "INSERT INTO locks (name, owner, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at "
+                "WHERE locks.owner = excluded.owner OR locks.expires_at <= ?",
+                (name, owner, now + ttl, now),
+            )
+            row = c.execute("SELECT owner FROM locks WHERE name = ?", (name,)).fetchone()
+        return row is not None and str(row[0]) == owner
+
+    def unlock(self, name: str, owner: str) -> None:
+        """Release the lease ``name`` if ``owner`` holds it."""
+        with self._op("unlock", write=True) as c:
+            c.execute("DELETE FROM locks WHERE name = ? AND owner = ?", (name, owner))
+
     # ---- maintenance --------------------------------------------------------------------------
     def purge(self, older_than: float) -> int:
         """Delete traces received before ``older_than`` (unix s) with their facets, vectors and
