@@ -24,7 +24,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 from otel_topics import metrics
@@ -35,7 +35,7 @@ from otel_topics.config_topics import TopicMapConfig
 from otel_topics.enrich import StoreRunner
 from otel_topics.errors import StoreError
 from otel_topics.model import TopicMap
-from otel_topics.topicmap import build_topic_map
+from otel_topics.topicmap import NameClusters, build_topic_map
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,32 @@ def clustering_settings(m: TopicMapConfig) -> ClusteringSettings:
         return ClusteringSettings(**extra)
     except TypeError as exc:
         raise ValueError(f"topic map {m.map_name}: clustering: {exc}") from None
+
+
+def llm_namer(config: Config) -> NameClusters | None:
+    """With ``llm.type: openai``, clusters are named by that LLM, several per call, from in-cluster
+    exemplars contrasted with the nearest texts outside (Clio); otherwise from keywords."""
+    llm = config.topics.llm
+    if llm.type != "openai":
+        return None
+    from otel_topics.naming import ClusterName, ClusterSample, LLMNamer
+
+    def name(samples: Sequence[ClusterSample]) -> list[ClusterName]:
+        async def go() -> list[ClusterName]:
+            async with LLMNamer(
+                str(llm.base_url),
+                str(llm.model),
+                api_key=llm.api_key.get_secret_value() if llm.api_key else None,
+                response_format=llm.response_format,
+                timeout=max(llm.timeout, 120.0),
+                max_retries=llm.max_retries,
+                headers=dict(llm.headers),
+            ) as namer:
+                return await namer.name(samples)
+
+        return asyncio.run(go())  # the build runs in a worker thread with no event loop
+
+    return name
 
 
 class Automation:
@@ -182,6 +208,7 @@ class Automation:
                     settings=clustering_settings(m),
                     distance_threshold=threshold,
                     min_examples_traces=self.auto.min_examples_traces,
+                    name_clusters=llm_namer(self.config),
                     clock=self.clock,
                 )
                 if topic_map is None:

@@ -82,7 +82,12 @@ def build_topic_map(
             if len(member_ids) >= min_examples_traces
             else []
         )
-        samples.append(ClusterSample(key=str(k), exemplars=exemplars, keywords=words.get(k, [])))
+        contrast = (
+            _nearest_texts(x, np.flatnonzero(labels != k), result.centroids[k], docs)[:4] if exemplars else []
+        )
+        samples.append(
+            ClusterSample(key=str(k), exemplars=exemplars, contrast=contrast, keywords=words.get(k, []))
+        )
         candidates.append(
             Candidate(result.centroids[k], int(result.sizes[k]), members=member_ids, exemplars=exemplars)
         )

@@ -141,3 +141,15 @@ def test_lease_renew_and_release(runner: StoreRunner, clock: Clock) -> None:
     assert not store.try_lock("x", "b", 10)
     store.unlock("x", "a")
     assert store.try_lock("x", "b", 10)
+
+
+def test_clusters_are_named_by_the_facet_llm_when_there_is_one() -> None:
+    from otel_topics.automation import llm_namer
+    from otel_topics.config import parse_config
+
+    assert llm_namer(parse_config("")) is None  # heuristic: keyword names
+    cfg = parse_config(
+        "processors:\n  topics:\n    llm: {type: openai, base_url: 'http://127.0.0.1:9/v1', model: m}\n"
+        "    facets: [{name: Task}]\n"
+    )
+    assert callable(llm_namer(cfg))
