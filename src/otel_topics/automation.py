@@ -209,6 +209,7 @@ class Automation:
                     distance_threshold=threshold,
                     min_examples_traces=self.auto.min_examples_traces,
                     name_clusters=llm_namer(self.config),
+                    identity=m.identity.model_dump(),
                     clock=self.clock,
                 )
                 if topic_map is None:

@@ -131,6 +131,21 @@ def _threshold(value: Any) -> Any:
     return number
 
 
+class IdentitySettings(Section):
+    """How a new map version keeps the ids of the previous one (reconcile.py)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Reconcile ids with the previous version; false: new ids for every cluster, no lineage.",
+    )
+    min_similarity: float = Field(
+        default=0.8, gt=0, le=1, description="Least centroid cosine similarity for a cluster to keep an id."
+    )
+    min_overlap: float = Field(
+        default=0.5, gt=0, le=1, description="Least share of members in common for a cluster to keep an id."
+    )
+
+
 class TopicMapConfig(Section):
     """A topic map: clusters of one facet's texts, and the classifier drawn from them."""
 
@@ -146,6 +161,10 @@ class TopicMapConfig(Section):
     clustering: ClusteringSettings = Field(
         default_factory=ClusteringSettings,
         description="Extra clustering parameters (free-form map, passed to the clustering code).",
+    )
+    identity: IdentitySettings = Field(
+        default_factory=IdentitySettings,
+        description="Id reconciliation with the previous version: keep ids of unchanged topics.",
     )
 
     @model_validator(mode="after")

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -53,6 +53,7 @@ def build_topic_map(
     sample: int = 50_000,
     per_cluster_threshold: bool = False,
     name_clusters: NameClusters | None = None,
+    identity: Mapping[str, Any] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> TopicMap | None:
     """A new version of map ``name`` (version 0: the store assigns it), or None with no vectors.
@@ -106,7 +107,8 @@ def build_topic_map(
             log.warning(
                 "topic map %s: previous centroids have dimension %s, now %d; new ids", name, dims, x.shape[1]
             )
-    assignments = reconcile(prev, candidates)
+    ident = identity or {}
+    assignments = reconcile(prev, candidates, **ident)
 
     clusters = [
         Cluster(

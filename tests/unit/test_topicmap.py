@@ -108,3 +108,12 @@ def test_per_cluster_threshold_and_fixed(store: SqliteStore) -> None:
     tm = build(store, distance_threshold=0.3, per_cluster_threshold=True)
     assert tm is not None and tm.distance_threshold == 0.3
     assert all(c.threshold is not None and 0.2 <= c.threshold <= 0.8 for c in tm.clusters)
+
+
+def test_identity_switched_off_gives_new_ids(store: SqliteStore) -> None:
+    fill(store)
+    first = store.save_topic_map(build(store))  # type: ignore[arg-type]
+    second = build(store, previous=first, identity={"enabled": False})
+    assert second is not None
+    assert not {c.id for c in first.clusters} & {c.id for c in second.clusters}
+    assert all(not c.parents for c in second.clusters)
