@@ -32,6 +32,15 @@ def tau_conversations(shared_data: Path, n: int) -> list[list[dict[str, object]]
     return out[:n]
 
 
+def tau_file(tmp_path: Path, shared_data: Path, n: int) -> tuple[list[list[dict[str, object]]], Path, int]:
+    """n τ-bench conversations as a replay JSONL file, and the number of spans replay makes of them."""
+    convs = tau_conversations(shared_data, n)
+    src = tmp_path / "tau.jsonl"
+    src.write_text("".join(json.dumps(c) + "\n" for c in convs))
+    spans = sum(1 + sum(1 for m in c if m["role"] in ("assistant", "tool")) for c in convs)
+    return convs, src, spans
+
+
 def replay(path: Path, endpoint: str, *extra: str) -> list[str]:
     ids = path.with_suffix(".ids")
     subprocess.run(
@@ -82,10 +91,7 @@ PIPES = (
 def test_tau_bench_traces_arrive_enriched(
     tmp_path: Path, shared_data: Path, sink: OtlpSink, make_sidecar
 ) -> None:
-    convs = tau_conversations(shared_data, 12)
-    src = tmp_path / "tau.jsonl"
-    src.write_text("".join(json.dumps(c) + "\n" for c in convs))
-    expected_spans = sum(1 + sum(1 for m in c if m["role"] in ("assistant", "tool")) for c in convs)
+    convs, src, expected_spans = tau_file(tmp_path, shared_data, 12)
 
     side = make_sidecar(
         tmp_path, exporter_yaml(sink), "{assembler: {idle: 1s, max_wait: 20s}}", PIPES
@@ -124,10 +130,7 @@ def test_tau_bench_traces_arrive_enriched(
 def test_sigkill_after_ack_loses_nothing(
     tmp_path: Path, shared_data: Path, sink: OtlpSink, make_sidecar
 ) -> None:
-    convs = tau_conversations(shared_data, 12)
-    src = tmp_path / "tau.jsonl"
-    src.write_text("".join(json.dumps(c) + "\n" for c in convs))
-    expected_spans = sum(1 + sum(1 for m in c if m["role"] in ("assistant", "tool")) for c in convs)
+    _, src, expected_spans = tau_file(tmp_path, shared_data, 12)
 
     # long idle: nothing is released before the kill, so everything acknowledged lives only in the spool
     side = make_sidecar(
@@ -174,10 +177,7 @@ def test_genai_log_records_join_their_trace(
 def test_sigterm_drains_pending_traces(
     tmp_path: Path, shared_data: Path, sink: OtlpSink, make_sidecar
 ) -> None:
-    convs = tau_conversations(shared_data, 4)
-    src = tmp_path / "tau.jsonl"
-    src.write_text("".join(json.dumps(c) + "\n" for c in convs))
-    expected_spans = sum(1 + sum(1 for m in c if m["role"] in ("assistant", "tool")) for c in convs)
+    _, src, expected_spans = tau_file(tmp_path, shared_data, 4)
     topics = "{assembler: {idle: 60s, max_wait: 120s}}"
     side = make_sidecar(tmp_path, exporter_yaml(sink), topics, PIPES).start()
     replay(src, f"127.0.0.1:{side.grpc_port}")
