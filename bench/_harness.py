@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from otel_topics.otlp_wire import _skip, _varint  # the sink counts spans from raw bytes
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
@@ -31,30 +33,6 @@ TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 CTX = mp.get_context("spawn")  # never fork a process that may hold gRPC state
 
 # --- protobuf wire-level span counting (cheap: no parsing of span bodies) ----------------------------
-
-
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _skip(buf: bytes, pos: int, wire_type: int) -> int:
-    if wire_type == 2:
-        length, pos = _varint(buf, pos)
-        return pos + length
-    if wire_type == 0:
-        return _varint(buf, pos)[1]
-    if wire_type == 1:
-        return pos + 8
-    if wire_type == 5:
-        return pos + 4
-    raise ValueError(f"unsupported protobuf wire type {wire_type}")
 
 
 def _count_field2(buf: bytes, pos: int, end: int, inner: bool) -> int:

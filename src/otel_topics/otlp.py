@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otel_topics.model import AttrValue
 
@@ -62,30 +64,41 @@ def top_spans(request: ExportTraceServiceRequest) -> list[Span]:
     return orphans or spans[:1]
 
 
+_M = TypeVar("_M", ExportTraceServiceRequest, ExportLogsServiceRequest)
+
+
+def split_items(request: _M, keep: Callable[[Any], bool], fields: tuple[str, str, str]) -> tuple[_M, _M]:
+    """Split a request's items into (kept, rest), each under its original resource and scope.
+    ``fields``: the names of the resource, scope and item lists, e.g. resource_spans, scope_spans, spans."""
+    r_field, s_field, i_field = fields
+    yes, no = type(request)(), type(request)()
+    for r in getattr(request, r_field):
+        r_out: dict[bool, Any] = {}
+        for sc in getattr(r, s_field):
+            s_out: dict[bool, Any] = {}
+            for item in getattr(sc, i_field):
+                k = bool(keep(item))
+                if k not in s_out:
+                    if k not in r_out:
+                        dest = yes if k else no
+                        r_out[k] = getattr(dest, r_field).add(resource=r.resource, schema_url=r.schema_url)
+                    s_out[k] = getattr(r_out[k], s_field).add(scope=sc.scope, schema_url=sc.schema_url)
+                getattr(s_out[k], i_field).append(item)
+    return yes, no
+
+
 def split_traces(
     request: ExportTraceServiceRequest, keep: Callable[[bytes], bool]
 ) -> tuple[ExportTraceServiceRequest, ExportTraceServiceRequest]:
     """Split a request by trace id into (kept, rest), each keeping resource and scope."""
-    yes, no = ExportTraceServiceRequest(), ExportTraceServiceRequest()
-    for rs in request.resource_spans:
-        rs_yes: ResourceSpans | None = None
-        rs_no: ResourceSpans | None = None
-        for ss in rs.scope_spans:
-            ss_yes = ss_no = None
-            for span in ss.spans:
-                if keep(span.trace_id):
-                    if rs_yes is None:
-                        rs_yes = yes.resource_spans.add(resource=rs.resource, schema_url=rs.schema_url)
-                    if ss_yes is None:
-                        ss_yes = rs_yes.scope_spans.add(scope=ss.scope, schema_url=ss.schema_url)
-                    ss_yes.spans.append(span)
-                else:
-                    if rs_no is None:
-                        rs_no = no.resource_spans.add(resource=rs.resource, schema_url=rs.schema_url)
-                    if ss_no is None:
-                        ss_no = rs_no.scope_spans.add(scope=ss.scope, schema_url=ss.schema_url)
-                    ss_no.spans.append(span)
-    return yes, no
+    return split_items(request, lambda span: keep(span.trace_id), ("resource_spans", "scope_spans", "spans"))
+
+
+def split_logs(
+    request: ExportLogsServiceRequest, keep: Callable[[LogRecord], bool]
+) -> tuple[ExportLogsServiceRequest, ExportLogsServiceRequest]:
+    """Split a request's log records into (kept, rest), each keeping resource and scope."""
+    return split_items(request, keep, ("resource_logs", "scope_logs", "log_records"))
 
 
 def any_value(value: AttrValue) -> AnyValue:

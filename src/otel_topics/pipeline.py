@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 from otel_topics import metrics
 from otel_topics.assembler import KIND_LOGS, KIND_TRACES, Assembler, Released
@@ -31,6 +31,7 @@ from otel_topics.otlp import (
     count_log_records,
     count_spans,
     enrich_spans,
+    split_logs,
     split_traces,
 )
 from otel_topics.spool import DurableLog
@@ -63,31 +64,6 @@ def is_genai_log(record: LogRecord) -> bool:
         if kv.key == "event.name":
             return kv.value.string_value.startswith("gen_ai.")
     return False
-
-
-def split_logs(
-    request: ExportLogsServiceRequest, keep: Callable[[LogRecord], bool]
-) -> tuple[ExportLogsServiceRequest, ExportLogsServiceRequest]:
-    yes, no = ExportLogsServiceRequest(), ExportLogsServiceRequest()
-    for rl in request.resource_logs:
-        r_yes: ResourceLogs | None = None
-        r_no: ResourceLogs | None = None
-        for sl in rl.scope_logs:
-            s_yes = s_no = None
-            for rec in sl.log_records:
-                if keep(rec):
-                    if r_yes is None:
-                        r_yes = yes.resource_logs.add(resource=rl.resource, schema_url=rl.schema_url)
-                    if s_yes is None:
-                        s_yes = r_yes.scope_logs.add(scope=sl.scope, schema_url=sl.schema_url)
-                    s_yes.log_records.append(rec)
-                else:
-                    if r_no is None:
-                        r_no = no.resource_logs.add(resource=rl.resource, schema_url=rl.schema_url)
-                    if s_no is None:
-                        s_no = r_no.scope_logs.add(scope=sl.scope, schema_url=sl.schema_url)
-                    s_no.log_records.append(rec)
-    return yes, no
 
 
 @dataclass
