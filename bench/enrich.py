@@ -133,7 +133,7 @@ def part_a(
     print(f"    setup (extractor, embedder load, maps, warm-up): {time.perf_counter() - started:.1f}s")
 
     times: dict[str, list[float]] = {k: [] for k in ("pre", "facets", "embed", "classify")}
-    tokens: list[int] = []
+    chars: list[int] = []
     all_texts: set[str] = set()
     perf = time.perf_counter
     for _ in range(passes):
@@ -156,7 +156,7 @@ def part_a(
             times["facets"].append(t2 - t1)
             times["embed"].append(t3 - t2)
             times["classify"].append(t4 - t3)
-            tokens.append(conversation.token_count)
+            chars.append(len(conversation.render()))
             all_texts.update(texts)
 
     both = [a + b for a, b in zip(times["pre"], times["facets"], strict=True)]
@@ -171,7 +171,7 @@ def part_a(
         _stats("embed + classify", emb_cls),
         _stats("all four", total),
     ]
-    print(f"    conversation tokens: median {median(tokens):,.0f}, max {max(tokens):,}")
+    print(f"    conversation characters: median {median(chars):,.0f}, max {max(chars):,}")
     print()
     print_table(["per trace", "p50 ms", "p99 ms", "mean ms", "traces/s (1/mean)"], rows)
 
@@ -266,15 +266,18 @@ def part_b(
     unique: bool,
     durable: bool,
     timeout: float,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     print(
         f"(b) serve: {n} traces (cycling {len(convs)} conversations"
         f"{', unique user turns' if unique else ''}), batch {batch}, {senders} senders, {runs} runs, "
-        f"durability {'on' if durable else 'off'}; {load_note()}"
+        f"durability {'on' if durable else 'off'}, workers {'auto' if workers is None else workers}; "
+        f"{load_note()}"
     )
     topics = (
         "{sampling_rate: 1, assembler: {idle: 1s}, llm: {type: heuristic}, automation: {enabled: false}"
         + ("" if durable else ", spool: {fsync: false}")
+        + ("" if workers is None else f", workers: {workers}")
         + "}"
     )
     sink = CountingSink(match_key="facets.Task").start()
@@ -332,6 +335,7 @@ def part_b(
         "runs": runs,
         "unique": unique,
         "durable": durable,
+        "workers": "auto" if workers is None else workers,
         "traces_per_s": round(median(rates), 1),
         "min": round(min(rates), 1),
         "max": round(max(rates), 1),
@@ -363,6 +367,9 @@ def main() -> int:
     parser.add_argument(
         "--no-durability", action="store_true", help="(b) spool fsync off and no persistent exporter queue"
     )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="(b) processors.topics.workers (default: its own, auto)"
+    )
     parser.add_argument("--data", type=Path, default=DATA, help=f"shared data directory (default {DATA})")
     parser.add_argument("--timeout", type=float, default=600.0, help="(b) longest wait for one run (s)")
     args = parser.parse_args()
@@ -385,6 +392,7 @@ def main() -> int:
             args.unique,
             not args.no_durability,
             args.timeout,
+            args.workers,
         )
     print(json_line(summary))
     return 0

@@ -1,3 +1,4 @@
 from otel_topics.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # guarded: worker processes (spawn) import this module without running it
+    raise SystemExit(main())

@@ -390,6 +390,12 @@ class TopicsProcessor(Section):
         "follows later as a classification span).",
     )
     max_concurrent_traces: int = Field(default=64, ge=1, description="Traces enriched at once.")
+    workers: int | None = Field(
+        default=None,
+        ge=0,
+        description="Processes that preprocess traces (and extract heuristic facets) beside the serving "
+        "process; null: one per CPU beyond the first, at most 4; 0: all in the serving process.",
+    )
     assembler: AssemblerSettings = Field(
         default_factory=AssemblerSettings, description="When a trace is complete."
     )

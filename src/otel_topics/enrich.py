@@ -24,6 +24,7 @@ from otel_topics.model import NO_MATCH, Conversation, Enrichment, Status, TraceD
 from otel_topics.otlp import iter_spans, service_name, top_spans
 from otel_topics.stages import Classifier, Embedder, FacetExtractor, Preprocessor
 from otel_topics.store import Store, TraceRecord
+from otel_topics.workers import Prepared, PreparePool, WorkerError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -92,6 +93,7 @@ class TraceEnricher:
         retry_attempts: int = 3,
         retry_interval: float = 300.0,
         clock: Callable[[], float] = time.time,
+        workers: PreparePool | None = None,
     ) -> None:
         self.preprocessor = preprocessor
         self.extractor = extractor
@@ -102,31 +104,50 @@ class TraceEnricher:
         self.retry_attempts = retry_attempts
         self.retry_interval = retry_interval
         self.clock = clock
+        self.workers = workers
 
     async def enrich(self, trace: TraceData, root: RootInfo | None = None) -> Enrichment:
         """``root``: the trace's root when it is not among these spans (late spans of a released trace)."""
         if root is None:
             root = root_info(trace)
-        try:
-            conversation = self.preprocessor(trace)
-        except Exception as exc:  # a custom preprocessor may raise anything
-            log.warning("preprocess failed for trace %s: %s", trace.trace_id.hex(), exc)
+        if self.workers is not None:
+            try:
+                prepared = await self.workers.prepare(trace)
+            except WorkerError as exc:
+                log.error("%s", exc)
+                return self._done(Enrichment(trace.trace_id, Status.INTERNAL_ERROR))
+        else:
+            try:
+                prepared = Prepared(self.preprocessor(trace))
+            except Exception as exc:  # a custom preprocessor may raise anything
+                prepared = Prepared(error=f"{type(exc).__name__}: {exc}")
+        if prepared.error is not None:
+            log.warning("preprocess failed for trace %s: %s", trace.trace_id.hex(), prepared.error)
             metrics.ERRORS.labels("preprocess").inc()
             return self._done(Enrichment(trace.trace_id, Status.PREPROCESS_ERROR))
+        conversation = prepared.conversation
         if conversation is None:
             return self._done(Enrichment(trace.trace_id, Status.SKIPPED))
         if conversation.empty:
             return self._done(Enrichment(trace.trace_id, Status.NO_CONVERSATION))
-        return await self.enrich_conversation(conversation, root, attempts=0)
+        if prepared.facets is not None:
+            metrics.FACET_LATENCY.labels(self.extractor.name).observe(prepared.facet_seconds)
+        return await self.enrich_conversation(conversation, root, attempts=0, facets=prepared.facets)
 
     async def enrich_conversation(
-        self, conversation: Conversation, root: RootInfo, *, attempts: int
+        self,
+        conversation: Conversation,
+        root: RootInfo,
+        *,
+        attempts: int,
+        facets: dict[str, str] | None = None,
     ) -> Enrichment:
+        """``facets``: already extracted (by a worker process), else the extractor is asked."""
         trace_id = conversation.trace_id
         text = conversation.render()
         enrichment = Enrichment(trace_id)
         try:
-            enrichment.facets = await self.extractor.extract(conversation)
+            enrichment.facets = facets if facets is not None else await self.extractor.extract(conversation)
         except LLMError as exc:
             log.warning("facets failed for trace %s: %s", trace_id.hex(), exc)
             metrics.ERRORS.labels("facets").inc()

@@ -164,7 +164,7 @@ AUTOMATION_STATE = Gauge(
 ERRORS = Counter(
     "errors",
     "Errors by component (receiver, spool, assembler, preprocess, facets, embed, classify, "
-    "store, exporter, api).",
+    "store, enrich, workers, exporter, api).",
     ["component"],
     namespace=_NS,
     registry=REGISTRY,

@@ -66,7 +66,7 @@ class Conversation:
 
     trace_id: bytes
     messages: list[Message]
-    token_count: int = 0
+    token_count: int | None = 0  # None: not counted, its characters alone show it is within max_tokens
     truncated: bool = False
     texts: list[str] | None = None  # set when a custom preprocessor returned text(s) instead
 

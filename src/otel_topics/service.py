@@ -26,7 +26,8 @@ from otel_topics.facets.cache import FacetCache, StoreFacetCache
 from otel_topics.model import Enrichment, Signal, TopicMap
 from otel_topics.pipeline import Pipeline, PipelineSettings
 from otel_topics.spool import DurableLog, PersistentQueue
-from otel_topics.stages import Classifier, Embedder, FacetExtractor, Preprocessor, Sender
+from otel_topics.stages import Classifier, Embedder, FacetExtractor, Sender
+from otel_topics.workers import PreparePool, auto_workers, build_preprocessor
 
 log = logging.getLogger("otel_topics")
 
@@ -158,6 +159,7 @@ class Service:
     exporters: list[QueuedExporter] = field(default_factory=list)
     spool: DurableLog | None = None
     store: StoreRunner | None = None
+    workers: PreparePool | None = None
     classifier: Classifier | None = None
     embedder: Embedder | None = None
     ports: dict[str, int] = field(default_factory=dict)
@@ -168,7 +170,6 @@ class Service:
 
     async def start(self) -> None:
         from otel_topics.classify import CentroidClassifier
-        from otel_topics.preprocess import DefaultPreprocessor, ExcludeRule, load_custom_preprocessor
         from otel_topics.receiver import make_http_app, start_grpc_server, start_http_server
         from otel_topics.store import open_store
 
@@ -234,18 +235,11 @@ class Service:
                 spool, idle=t.assembler.idle, max_wait=t.assembler.max_wait, max_bytes=t.assembler.max_bytes
             )
             assembler.recover()
-            pre = t.preprocess
-            preprocessor: Preprocessor
-            if pre.custom:
-                preprocessor = load_custom_preprocessor(
-                    pre.custom, max_tokens=pre.max_tokens, redact=pre.redact
-                )
-            else:
-                preprocessor = DefaultPreprocessor(
-                    max_tokens=pre.max_tokens,
-                    redact=pre.redact,
-                    exclude_spans=[ExcludeRule(r.name, r.attribute, r.value) for r in pre.exclude_spans],
-                )
+            preprocessor = build_preprocessor(t.preprocess)
+            n_workers = auto_workers() if t.workers is None else t.workers
+            if n_workers > 0:
+                self.workers = PreparePool(n_workers, t, facets=t.llm.type == "heuristic")
+                await self.workers.start()
             self.embedder = build_embedder(cfg)
             classifier = CentroidClassifier(embedder=self.embedder.name)
             self.classifier = classifier
@@ -259,6 +253,7 @@ class Service:
                 store=self.store,
                 retry_attempts=t.llm.retry.max_attempts,
                 retry_interval=t.llm.retry.interval,
+                workers=self.workers,
             )
             await self._load_maps()
             self._poll = asyncio.create_task(self._poll_maps())
@@ -446,6 +441,8 @@ class Service:
             await qe.drain(timeout / 2)
         if self.spool is not None:
             await self.spool.close()
+        if self.workers is not None:
+            self.workers.close()
         if self.store is not None:
             self.store.close()
 

@@ -69,6 +69,12 @@ class WordPieceCounter:
         self._batch = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
         self._lock = threading.Lock()  # a Tokenizer is not documented as safe to share across threads
 
+    @staticmethod
+    def upper_bound(text: str) -> int:
+        """At least the token count of ``text``, without tokenizing: every word piece covers at least
+        one character, an ``[UNK]`` a whole word; lowercasing can turn a character into two."""
+        return 2 * len(text)
+
     def count(self, text: str) -> int:
         if not text:
             return 0
@@ -166,12 +172,18 @@ class TokenCap:
         shrink: Callable[[T, int], T | None],
         head_len: int,
         marker: Callable[[int], T],
-    ) -> tuple[list[T], int, bool]:
+    ) -> tuple[list[T], int | None, bool]:
         """Keep ``items[:head_len]`` (the task) and the most recent items within ``max_tokens``.
 
         ``shrink(item, budget)`` returns a clipped item or None; ``marker(n)`` the "n omitted" item.
+        The token count is None when the counter's ``upper_bound`` (if it has one) already shows that
+        everything fits: most conversations are far below the cap and are then not tokenized at all.
         """
-        counts = self.counts([render(i) for i in items])
+        rendered = [render(i) for i in items]
+        bound = getattr(self.counter, "upper_bound", None)
+        if bound is not None and sum(bound(t) for t in rendered) <= self.max_tokens:
+            return items, None, False
+        counts = self.counts(rendered)
         total = sum(counts)
         limit = self.max_tokens
         if total <= limit:

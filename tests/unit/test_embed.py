@@ -108,6 +108,32 @@ async def test_local_async_empty_and_event_loop_free(local: LocalEmbedder) -> No
     np.testing.assert_allclose(v[0], local.embed_sync(["Where is my card?"])[0], atol=1e-3)
 
 
+async def test_local_coalesces_concurrent_calls_and_isolates_a_bad_one(local: LocalEmbedder) -> None:
+    runs: list[int] = []
+    original = local.embed_sync
+
+    def counted(texts: Any) -> Any:
+        runs.append(len(texts))
+        return original(texts)
+
+    texts = [f"please cancel my booking number {i}" for i in range(12)]
+    local.embed_sync = counted  # type: ignore[method-assign]
+    try:
+        results = await asyncio.gather(*(local.embed([t]) for t in texts))
+        assert len(runs) < len(texts) and sum(runs) == len(texts)  # the busy thread took them in groups
+        for text, vec in zip(texts, results, strict=True):
+            np.testing.assert_allclose(vec[0], original([text])[0], atol=1e-3)
+
+        runs.clear()
+        good = local.embed(["refund please"])
+        bad = local.embed([b"not text"])  # type: ignore[list-item]
+        outcome = await asyncio.gather(local.embed(["warm"]), good, bad, return_exceptions=True)
+        assert isinstance(outcome[2], TypeError)
+        assert isinstance(outcome[1], np.ndarray) and outcome[1].shape == (1, 384)
+    finally:
+        del local.embed_sync
+
+
 def test_local_truncates_long_text(local: LocalEmbedder) -> None:
     long = "money transfer " * 600  # ~1,200 tokens, cut at max_length
     v = local.embed_sync([long, "short"])

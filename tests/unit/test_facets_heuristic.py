@@ -275,3 +275,22 @@ async def test_serves_a_subset_in_the_given_order() -> None:
     ex = HeuristicFacetExtractor([BUILTIN_FACETS[2], BUILTIN_FACETS[0]])
     out = await ex.extract(conv(("user", "Translate 'cat' into German.")))
     assert list(out) == ["Issues", "Task"]
+
+
+def test_phrase_indexed_vader_scores_like_the_base_class(tau: list[dict[str, Any]]) -> None:
+    from vader import SentimentIntensityAnalyzer
+
+    from otel_topics.facets.heuristic import _NEUTRAL_WORDS, _vader
+
+    base = SentimentIntensityAnalyzer(extra_lexicon=dict.fromkeys(_NEUTRAL_WORDS, 0.0))
+    texts = [m["content"] for t in tau for m in t["traj"] if m["role"] == "user" and m.get("content")]
+    texts += [
+        "I can't stand this, I'm fed up: you screwed up my booking",
+        "that cut the mustard, you have the upper hand, break a leg",
+        "we are in the red, I am fed up and can't stand it, not in the black",
+        "fed up fed up can't stand",
+        "( '}{' ) kiss of death",
+    ]
+    assert len(texts) > 1000
+    for text in texts:
+        assert _vader().polarity_scores(text) == base.polarity_scores(text), text

@@ -275,10 +275,12 @@ def test_operation_details_log_record_alone(shared_data: Path, pp: DefaultPrepro
 
 def test_wordpiece_token_count(shared_data: Path) -> None:
     (data,) = load_jsonl_traces(shared_data / "instrumented_spans" / "traceloop-openai-0.47.5.jsonl").values()
-    conv = DefaultPreprocessor()(data)
+    # max_tokens below the characters' bound, so the conversation is tokenized and counted
+    conv = DefaultPreprocessor(max_tokens=64)(data)
     # system : you are ter ##se . (7) + user : what is the capital of france ? (9)
     # + assistant : paris is the capital of france . (9)
     assert conv.token_count == 25
+    assert DefaultPreprocessor()(data).token_count is None  # far below the default cap: not tokenized
 
 
 # --- attribute maps (Arize openinference fixtures) ---------------------------------------------------

@@ -15,9 +15,10 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 from vader import SentimentIntensityAnalyzer
+from vader.text import EmojiTranslator
 
 from otel_topics import metrics
 from otel_topics.facets.spec import BUILTIN_FACETS, ISSUES, SENTIMENT, TASK, FacetSpec, check_unique, truncate
@@ -232,13 +233,70 @@ _SENTIMENT_TURNS: Final = (6, 18)  # long conversations: score the first 6 and t
 _STRONG: Final = 0.5
 _MILD: Final = 0.05
 
+
+
+class _AsciiSkipping(EmojiTranslator):
+    """VADER's emoji translator, except that ASCII texts pass through untouched."""
+
+    def __init__(self, inner: EmojiTranslator) -> None:  # shares the inner translator's index
+        self._index = inner._index
+
+    def translate(self, text: str) -> str:
+        return text if text.isascii() else super().translate(text)
+
+
+class _PhraseIndexedVader(SentimentIntensityAnalyzer):
+    """VADER with the same scores, found faster: a multiword entry or an idiom can only start at a
+    word that starts one, so only those positions are looked up (instead of every position for every
+    phrase length). tests/unit/test_facets_heuristic.py checks the scores against the base class."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._multiword_starts = frozenset(p.split(" ", 1)[0] for p in self.multiword)
+        self._idiom_starts = frozenset(p.split(" ", 1)[0] for p in self.idioms)
+        emoji = self._emoji
+        index: dict[str, list[tuple[str, str]]] = getattr(emoji, "_index", {})
+        if index and not any(key.isascii() for keys in index.values() for key, _ in keys):
+            # no emoji key is plain ASCII, so an ASCII text has nothing to translate (the base class
+            # would walk it character by character: digits start keycap emoji)
+            self._emoji = _AsciiSkipping(emoji)
+
+    def _match_multiword(self, lowered: list[str]) -> tuple[dict[int, float], frozenset[int]]:
+        forced: dict[int, float] = {}
+        consumed: set[int] = set()
+        starts = [i for i, w in enumerate(lowered) if w in self._multiword_starts]
+        for n in self._multiword_lengths:
+            for i in starts:
+                if i + n > len(lowered):
+                    break
+                if i in forced or any(j in consumed or j in forced for j in range(i, i + n)):
+                    continue
+                phrase = " ".join(lowered[i : i + n])
+                if phrase in self.multiword:
+                    forced[i] = self.multiword[phrase]
+                    consumed.update(range(i + 1, i + n))
+        return forced, frozenset(consumed)
+
+    def _laden_idioms(self, lowered: list[str]) -> list[float]:
+        found: list[float] = []
+        starts = [i for i, w in enumerate(lowered) if w in self._idiom_starts]
+        for length in (2, 3, 4):
+            for i in starts:
+                if i + length > len(lowered):
+                    break
+                phrase = " ".join(lowered[i : i + length])
+                if phrase in self.idioms:
+                    found.append(self.idioms[phrase])
+        return found
+
+
 _analyzer: SentimentIntensityAnalyzer | None = None
 
 
 def _vader() -> SentimentIntensityAnalyzer:
     global _analyzer
     if _analyzer is None:
-        _analyzer = SentimentIntensityAnalyzer(extra_lexicon={w: 0.0 for w in _NEUTRAL_WORDS})
+        _analyzer = _PhraseIndexedVader(extra_lexicon={w: 0.0 for w in _NEUTRAL_WORDS})
     return _analyzer
 
 
