@@ -357,7 +357,7 @@ def main() -> int:
         "--embed-threads",
         type=int,
         default=None,
-        help="(a) onnxruntime threads of the LocalEmbedder (default: its own, min(2, CPUs))",
+        help="(a) onnxruntime threads of the LocalEmbedder (default: its own, 1)",
     )
     parser.add_argument("--traces", type=int, default=2000, help="(b) traces per run (default 2000)")
     parser.add_argument("--runs", type=int, default=3, help="(b) runs; the median is reported (default 3)")

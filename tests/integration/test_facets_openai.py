@@ -302,6 +302,24 @@ async def test_cache_hit_makes_no_call(server: ChatServer) -> None:
     assert llm_requests("cache_hit") == before + 1
 
 
+async def test_concurrent_identical_conversations_share_one_call(server: ChatServer) -> None:
+    server.default = answer(GOOD, delay=0.2)
+    before = llm_requests("cache_hit")
+    async with make(server, cache=LRUFacetCache(max_entries=10)) as ex:
+        outs = await asyncio.gather(*(ex.extract(conv()) for _ in range(5)), ex.extract(conv("Trains?")))
+    assert len(server.requests) == 2  # one per distinct conversation, though none was cached yet
+    assert all(o == outs[0] for o in outs[:5])
+    assert llm_requests("cache_hit") == before + 4
+
+
+async def test_a_failed_shared_call_fails_every_waiter(server: ChatServer) -> None:
+    server.default = status(400, "bad request")
+    async with make(server) as ex:
+        outs = await asyncio.gather(*(ex.extract(conv()) for _ in range(3)), return_exceptions=True)
+    assert len(server.requests) == 1
+    assert all(isinstance(o, LLMError) and "bad request" in str(o) for o in outs)
+
+
 async def test_concurrency_limit_respected(server: ChatServer) -> None:
     server.default = answer(GOOD, delay=0.2)
     async with make(server, concurrency=2) as ex:

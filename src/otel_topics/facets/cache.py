@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import threading
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from otel_topics.errors import OtelTopicsError
+from otel_topics.errors import LLMError, OtelTopicsError
 
 
 class FacetCache(Protocol):
@@ -84,3 +86,42 @@ class _KeyValue(Protocol):
     def cache_get(self, key: str) -> str | None: ...
 
     def cache_put(self, key: str, value: str) -> None: ...
+
+
+class SharedCalls:
+    """Concurrent extractions of the same conversation share one LLM call.
+
+    A cache only helps once an answer is in it; a repeat arriving while the first call is still out
+    would pay for a second one. ``run`` makes the first caller of a key do the call and every caller
+    that comes while it is running wait for that answer (or that error)."""
+
+    def __init__(self) -> None:
+        self._calls: dict[str, asyncio.Future[dict[str, str]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    async def run(
+        self, key: str, call: Callable[[], Awaitable[dict[str, str]]]
+    ) -> tuple[dict[str, str], bool]:
+        """The answer, and whether it came from another caller's call."""
+        running = self._calls.get(key)
+        if running is not None:
+            return dict(await asyncio.shield(running)), True
+        fut: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+        self._calls[key] = fut
+        try:
+            value = await call()
+        except asyncio.CancelledError:
+            fut.set_exception(LLMError("the shared facet call was cancelled"))
+            fut.exception()  # retrieved: no warning when nobody was waiting
+            raise
+        except Exception as exc:
+            fut.set_exception(exc)
+            fut.exception()
+            raise
+        else:
+            fut.set_result(value)
+            return value, False
+        finally:
+            del self._calls[key]

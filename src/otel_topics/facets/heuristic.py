@@ -234,7 +234,6 @@ _STRONG: Final = 0.5
 _MILD: Final = 0.05
 
 
-
 class _AsciiSkipping(EmojiTranslator):
     """VADER's emoji translator, except that ASCII texts pass through untouched."""
 

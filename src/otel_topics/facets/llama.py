@@ -19,7 +19,7 @@ from typing import Any
 from otel_topics import metrics
 from otel_topics.errors import LLMError
 from otel_topics.facets import prompt
-from otel_topics.facets.cache import FacetCache
+from otel_topics.facets.cache import FacetCache, SharedCalls
 from otel_topics.facets.spec import FacetSpec, check_unique
 from otel_topics.model import Conversation
 
@@ -67,6 +67,7 @@ class LlamaCppFacetExtractor:
         self.temperature = temperature
         self.max_input_chars = max_input_chars
         self.cache = cache
+        self._shared = SharedCalls()
         self._schema = prompt.json_schema(self.facets)
         self._llm: Any = None
         self._lock = asyncio.Lock()
@@ -97,6 +98,13 @@ class LlamaCppFacetExtractor:
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             metrics.LLM_REQUESTS.labels("cache_hit").inc()
             return prompt.fill_missing(hit, self.facets)
+        values, shared = await self._shared.run(key, lambda: self._call(key, rendered))
+        if shared:
+            metrics.LLM_REQUESTS.labels("cache_hit").inc()
+        metrics.FACET_LATENCY.labels(self.name).observe(time.perf_counter() - start)
+        return values
+
+    async def _call(self, key: str, rendered: str) -> dict[str, str]:
         async with self._lock:
             values: dict[str, str] | None = None
             for attempt in range(2):  # a malformed answer is asked again once
@@ -117,5 +125,4 @@ class LlamaCppFacetExtractor:
         metrics.LLM_REQUESTS.labels("ok").inc()
         if self.cache is not None:
             self.cache.put(key, values)
-        metrics.FACET_LATENCY.labels(self.name).observe(time.perf_counter() - start)
         return values

@@ -22,7 +22,7 @@ import httpx
 
 from otel_topics import llm_http, metrics
 from otel_topics.facets import prompt
-from otel_topics.facets.cache import FacetCache
+from otel_topics.facets.cache import FacetCache, SharedCalls
 from otel_topics.facets.spec import FacetSpec, check_unique
 from otel_topics.llm_http import ResponseFormat
 from otel_topics.model import Conversation
@@ -102,6 +102,7 @@ class OpenAIFacetExtractor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: httpx.AsyncClient | None = None
         self._semaphore: asyncio.Semaphore | None = None
+        self._shared = SharedCalls()
 
     # ------------------------------------------------------------------ public
 
@@ -115,12 +116,18 @@ class OpenAIFacetExtractor:
                 metrics.LLM_REQUESTS.labels("cache_hit").inc()
                 metrics.FACET_LATENCY.labels(self.name).observe(time.perf_counter() - start)
                 return prompt.fill_missing(hit, self.facets)
+        values, shared = await self._shared.run(key, lambda: self._call(key, rendered))
+        if shared:
+            metrics.LLM_REQUESTS.labels("cache_hit").inc()
+        metrics.FACET_LATENCY.labels(self.name).observe(time.perf_counter() - start)
+        return values
+
+    async def _call(self, key: str, rendered: str) -> dict[str, str]:
         client, semaphore = self._ensure()
         async with semaphore:
             values = await self._ask(client, rendered)
         if self.cache is not None:
             self.cache.put(key, values)
-        metrics.FACET_LATENCY.labels(self.name).observe(time.perf_counter() - start)
         return values
 
     def request_body(self, rendered: str) -> dict[str, Any]:
