@@ -211,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--previous", metavar="PREV.json", help="an earlier --json output: keep its ids")
     c.add_argument("--json", metavar="OUT.json", help="write metrics, clusters and assignments")
     c.add_argument("--embeddings-out", metavar="V.npy", help="save the float32 vectors (input order)")
+    c.add_argument(
+        "--embeddings-in", metavar="V.npy", help="cluster these vectors (one row per text, input order)"
+    )
     c.add_argument("--html", metavar="REPORT.html", help="write a self-contained HTML report")
     c.add_argument("--min-examples", type=int, default=5, help="members needed to show examples (default 5)")
     c.set_defaults(func=cmd_cluster)

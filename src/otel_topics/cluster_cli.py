@@ -173,6 +173,42 @@ def read_store(facet: str, since: str, config_path: str | None, limit: int) -> t
     return Inputs(texts, None, vectors, source=f"store facet {facet}"), embedder
 
 
+def read_embeddings(path: Path, n_texts: int) -> Vectors:
+    """Vectors from a ``.npy`` file (``--embeddings-in``), one row per input text in input order.
+
+    Refuses, naming the file: a missing file, a file that is not a ``.npy`` array, an array that is not
+    2-D or not of a float dtype, a row count other than ``n_texts``, no columns, and non-finite values.
+    """
+    if not path.is_file():
+        raise ValueError(f"--embeddings-in {path}: file not found")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"--embeddings-in {path}: not a .npy array ({exc})") from exc
+    if not isinstance(loaded, np.ndarray):  # an .npz archive
+        raise ValueError(f"--embeddings-in {path}: not a .npy array (an .npz archive?)")
+    if loaded.ndim != 2:
+        raise ValueError(f"--embeddings-in {path}: expected a 2-D array (n, d), got shape {loaded.shape}")
+    if not np.issubdtype(loaded.dtype, np.floating):
+        raise ValueError(f"--embeddings-in {path}: expected a float array, got dtype {loaded.dtype}")
+    if loaded.shape[0] != n_texts:
+        raise ValueError(
+            f"--embeddings-in {path}: {loaded.shape[0]} rows but the input has {n_texts} texts "
+            "(one row per text, in input order)"
+        )
+    if loaded.shape[1] == 0:
+        raise ValueError(f"--embeddings-in {path}: the vectors have 0 dimensions")
+    vectors = np.asarray(loaded, dtype=np.float32)
+    finite = np.isfinite(vectors).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise ValueError(
+            f"--embeddings-in {path}: {bad.size} row(s) with NaN or infinite values "
+            f"(first: row {int(bad[0])}, 0-based)"
+        )
+    return vectors
+
+
 def _embed_fn(embedder: Any) -> Callable[[list[str]], Vectors]:
     sync = getattr(embedder, "embed_sync", None)
     if callable(sync):
@@ -316,6 +352,9 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     else:
         inputs, embedder = read_store(args.facet, args.since, args.config, args.limit)
         embed = _embed_fn(embedder)
+    embeddings_in = getattr(args, "embeddings_in", None)
+    if embeddings_in:
+        inputs.vectors = read_embeddings(Path(embeddings_in), len(inputs.texts))
     outcome = run(inputs, embed, previous=args.previous, min_examples=args.min_examples)
     outcome.metrics = {k: _finite(v) for k, v in outcome.metrics.items()}
     if args.json:

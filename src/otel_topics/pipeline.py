@@ -184,13 +184,19 @@ class Pipeline:
             await asyncio.sleep(self.s.tick)
 
     async def _release(self, due: Sequence[Released]) -> None:
+        """Read due traces back from the spool a few at a time, as enrichment slots free up: a
+        burst of traces that went idle together is never all parsed in memory at once."""
         assert self.assembler is not None
-        traces = self.assembler.load(due)
-        for released, trace in zip(due, traces, strict=True):
-            await self._sem.acquire()
-            task = asyncio.create_task(self._process(released, trace))
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
+        step = max(1, self.s.max_concurrent_traces // 4)
+        for start in range(0, len(due), step):
+            chunk = due[start : start + step]
+            for _ in chunk:
+                await self._sem.acquire()
+            traces = self.assembler.load(chunk)  # each spooled record read once per chunk
+            for released, trace in zip(chunk, traces, strict=True):
+                task = asyncio.create_task(self._process(released, trace))
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
 
     async def _process(self, released: Released, trace: TraceData) -> None:
         assert self.assembler is not None
@@ -338,7 +344,10 @@ class Pipeline:
             rest = self.assembler.drain()
             if rest:
                 self.s.enrich_timeout = min(self.s.enrich_timeout, max(0.1, timeout / 2))
-                await self._release(rest)
+                try:  # what is not released in time stays in the spool for the next start
+                    await asyncio.wait_for(self._release(rest), max(0.1, deadline - time.monotonic()))
+                except TimeoutError:
+                    log.warning("drain: time is up with traces still pending; they stay spooled")
         pending = list(self._inflight)
         if pending:
             await asyncio.wait(pending, timeout=max(0.1, deadline - time.monotonic()))
