@@ -47,6 +47,7 @@ from _harness import (
     median,
     percentile,
     print_table,
+    start_rotel,
     start_sidecar,
 )
 
@@ -267,6 +268,7 @@ def part_b(
     durable: bool,
     timeout: float,
     workers: int | None = None,
+    reference: bool = True,
 ) -> dict[str, Any]:
     print(
         f"(b) serve: {n} traces (cycling {len(convs)} conversations"
@@ -281,7 +283,9 @@ def part_b(
         + "}"
     )
     sink = CountingSink(match_key="facets.Task").start()
+    span_sink = CountingSink().start() if reference else None
     rates: list[float] = []
+    ref_rates: list[float] = []
     try:
         with tempfile.TemporaryDirectory(prefix="otel-topics-bench-") as tmp:
             for run in range(1, runs + 1):
@@ -327,9 +331,20 @@ def part_b(
                     )
                 finally:
                     proc.stop()
+                if span_sink is not None:
+                    ref_rates.append(_rotel_run(span_sink, traces, batch, senders, Path(tmp), timeout))
+                    print(f"       rotel (no enrichment): {ref_rates[-1]:8.1f} traces/s", flush=True)
     finally:
         sink.stop()
+        if span_sink is not None:
+            span_sink.stop()
     print(f"\n    median {median(rates):.1f} traces/s (min {min(rates):.1f}, max {max(rates):.1f})")
+    if ref_rates:
+        ratios = [a / b for a, b in zip(rates, ref_rates, strict=True)]
+        print(
+            f"    rotel forwarding the same traces (no enrichment): median {median(ref_rates):.1f} traces/s;"
+            f" otel-topics / rotel, median of the runs' ratios: {median(ratios):.2f}x"
+        )
     return {
         "traces": n,
         "runs": runs,
@@ -339,7 +354,31 @@ def part_b(
         "traces_per_s": round(median(rates), 1),
         "min": round(min(rates), 1),
         "max": round(max(rates), 1),
+        "rotel_traces_per_s": round(median(ref_rates), 1) if ref_rates else None,
+        "ratio_to_rotel": round(median([a / b for a, b in zip(rates, ref_rates, strict=True)]), 3)
+        if ref_rates
+        else None,
     }
+
+
+def _rotel_run(
+    sink: CountingSink, traces: Sequence[Conversation], batch: int, senders: int, work: Path, timeout: float
+) -> float:
+    """The same traces through rotel to a span-counting sink: traces/s until the last span arrived."""
+    proc, port = start_rotel(sink.port, work)
+    try:
+        warm = _copies(traces[:10], 10, False)
+        sink.arm(sum(_span_count(c) for c in warm))
+        _send(warm, port, batch, 1)
+        if not sink.wait_done(60):
+            raise RuntimeError(f"rotel warm-up: {sink.spans} spans at the sink\n{proc.tail()}")
+        sink.arm(sum(_span_count(c) for c in traces))
+        t0, _ = _send(traces, port, batch, senders)
+        if not sink.wait_done(timeout):
+            raise RuntimeError(f"rotel: only {sink.spans} spans reached the sink\n{proc.tail()}")
+        return len(traces) / (sink.done_at - t0)
+    finally:
+        proc.stop()
 
 
 def main() -> int:
@@ -370,6 +409,9 @@ def main() -> int:
     parser.add_argument(
         "--workers", type=int, default=None, help="(b) processors.topics.workers (default: its own, auto)"
     )
+    parser.add_argument(
+        "--no-reference", action="store_true", help="(b) skip the rotel run (same traces, no enrichment)"
+    )
     parser.add_argument("--data", type=Path, default=DATA, help=f"shared data directory (default {DATA})")
     parser.add_argument("--timeout", type=float, default=600.0, help="(b) longest wait for one run (s)")
     args = parser.parse_args()
@@ -393,6 +435,7 @@ def main() -> int:
             not args.no_durability,
             args.timeout,
             args.workers,
+            not args.no_reference,
         )
     print(json_line(summary))
     return 0

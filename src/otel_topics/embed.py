@@ -374,7 +374,8 @@ class HashEmbedder:
 class CachedEmbedder:
     """An LRU cache of vectors in front of another embedder, keyed by the sha256 of the text.
 
-    Each call sends only the texts not in the cache (deduplicated) to ``inner``, in one batch.
+    Each call sends only the texts not in the cache (deduplicated) to ``inner``, in one batch; a text
+    another call is embedding right now is waited for, not embedded twice (counted as a hit).
     Counts ``otel_topics_embed_cache_total{result="hit"|"miss"}`` once per requested text.
     """
 
@@ -384,6 +385,7 @@ class CachedEmbedder:
         self.inner = inner
         self.max_entries = max_entries
         self._cache: OrderedDict[bytes, Vectors] = OrderedDict()
+        self._running: dict[bytes, asyncio.Future[Vectors]] = {}  # texts being embedded right now
         self._hits = metrics.EMBED_CACHE.labels("hit")
         self._misses = metrics.EMBED_CACHE.labels("miss")
 
@@ -413,29 +415,53 @@ class CachedEmbedder:
         keys = [hashlib.sha256(t.encode("utf-8")).digest() for t in texts]
         found: dict[bytes, Vectors] = {}
         missing: dict[bytes, str] = {}
+        waiting: dict[bytes, asyncio.Future[Vectors]] = {}
         for key, text in zip(keys, texts, strict=True):
             vec = self._cache.get(key)
             if vec is not None:
                 self._cache.move_to_end(key)
                 found[key] = vec
                 self._hits.inc()
+            elif key in missing:  # the same text twice in this call
+                self._misses.inc()
+            elif key in waiting:
+                self._hits.inc()
+            elif (running := self._running.get(key)) is not None:  # being embedded for another caller
+                waiting[key] = running
+                self._hits.inc()
             else:
-                missing.setdefault(key, text)
+                missing[key] = text
                 self._misses.inc()
         if missing:
-            fresh = await self.inner.embed(list(missing.values()))
-            if fresh.shape[0] != len(missing):
-                raise EmbedderError(
-                    f"embedder {self.inner.name!r} returned {fresh.shape[0]} vectors for {len(missing)} texts"
-                )
+            loop = asyncio.get_running_loop()
+            mine = {key: loop.create_future() for key in missing}
+            self._running.update(mine)
+            try:
+                fresh = await self.inner.embed(list(missing.values()))
+                if fresh.shape[0] != len(missing):
+                    raise EmbedderError(
+                        f"embedder {self.inner.name!r} returned {fresh.shape[0]} vectors for "
+                        f"{len(missing)} texts"
+                    )
+            except BaseException as exc:
+                for fut in mine.values():
+                    fut.set_exception(exc if isinstance(exc, Exception) else EmbedderError("cancelled"))
+                    fut.exception()  # retrieved: no warning when nobody was waiting
+                raise
+            finally:
+                for key in mine:
+                    self._running.pop(key, None)
             for key, row in zip(missing, fresh, strict=True):
                 vec = np.array(row, dtype=np.float32)
                 vec.setflags(write=False)
                 found[key] = vec
+                mine[key].set_result(vec)
                 self._cache[key] = vec
                 self._cache.move_to_end(key)
             while len(self._cache) > self.max_entries:
                 self._cache.popitem(last=False)
+        for key, fut in waiting.items():
+            found[key] = await asyncio.shield(fut)
         if not keys:
             return np.zeros((0, self.dimension), dtype=np.float32)
         return np.stack([found[k] for k in keys]).astype(np.float32, copy=False)

@@ -240,6 +240,35 @@ async def test_cached_embedder_hits_misses_and_one_inner_batch() -> None:
     assert (await cached.embed([])).shape == (0, 16)
 
 
+class SlowHash(HashEmbedder):
+    """A HashEmbedder that takes a while, so that calls overlap; ``fail`` makes it raise."""
+
+    fail = False
+
+    async def embed(self, texts: Any) -> Any:
+        await asyncio.sleep(0.05)
+        if self.fail:
+            raise EmbedderError("inner embedder down")
+        return await super().embed(texts)
+
+
+async def test_cached_embedder_waits_for_a_text_being_embedded() -> None:
+    inner = SlowHash(dimension=16)
+    cached = CachedEmbedder(inner)
+    hit0, miss0 = _cache_counts()
+    a, b, c = await asyncio.gather(cached.embed(["x", "y"]), cached.embed(["y"]), cached.embed(["x", "z"]))
+    assert inner.calls == [["x", "y"], ["z"]]  # "y" and "x" were embedded once, for the first caller
+    np.testing.assert_array_equal(b[0], a[1])
+    np.testing.assert_array_equal(c[0], a[0])
+    hit1, miss1 = _cache_counts()
+    assert (hit1 - hit0, miss1 - miss0) == (2, 3)
+
+    inner.fail = True
+    outcome = await asyncio.gather(cached.embed(["p"]), cached.embed(["p"]), return_exceptions=True)
+    assert all(isinstance(o, EmbedderError) for o in outcome)  # the waiter gets the same error
+    assert inner.calls[-1] == ["z"] and not cached._running  # nothing left behind
+
+
 # -- OpenAIEmbedder against a real loopback HTTP server -------------------------------------------
 
 Handler = Callable[[dict[str, Any]], web.Response]
