@@ -17,7 +17,7 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, Self, TypeVar
 
 import httpx
 
@@ -43,6 +43,41 @@ class Retryable(Exception):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class ChatClient:
+    """The HTTP side of a chat-completions client: an httpx client bound to the running event loop
+    (made again when the loop changes), closed by :meth:`aclose` or by leaving ``async with``.
+    Subclasses set ``timeout``, ``_headers`` and ``_transport`` in their ``__init__``."""
+
+    timeout: float
+    _headers: dict[str, str]
+    _transport: httpx.AsyncBaseTransport | None
+    _client: httpx.AsyncClient | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    def _http(self, max_connections: int | None = None) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            self._loop = loop
+            self._client = httpx.AsyncClient(
+                timeout=self.timeout,
+                headers=self._headers,
+                transport=self._transport,
+                limits=httpx.Limits(max_connections=max_connections) if max_connections else httpx.Limits(),
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 def plain_secret(value: object) -> str | None:

@@ -170,7 +170,7 @@ def batches(count: int, per_call: int) -> list[range]:
     return out
 
 
-class LLMNamer:
+class LLMNamer(llm_http.ChatClient):
     """Implements :class:`Namer` with an OpenAI-compatible chat-completions server.
 
     Clusters are named ``clusters_per_call`` at a time (batches in the given order: put neighbours
@@ -247,8 +247,6 @@ class LLMNamer:
         if key:
             self._headers.setdefault("Authorization", f"Bearer {key}")
         self._transport = transport
-        self._client: httpx.AsyncClient | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def name(self, samples: Sequence[ClusterSample]) -> list[ClusterName]:
         named: dict[int, ClusterName] = {}
@@ -292,27 +290,7 @@ class LLMNamer:
             body["response_format"] = rf
         return body
 
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
-
-    async def __aenter__(self) -> LLMNamer:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
     # ------------------------------------------------------------------ internals
-
-    def _ensure(self) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            self._loop = loop
-            self._client = httpx.AsyncClient(
-                timeout=self.timeout, headers=self._headers, transport=self._transport
-            )
-        return self._client
 
     async def _name_batch(
         self, samples: Sequence[ClusterSample], positions: list[int]
@@ -324,7 +302,7 @@ class LLMNamer:
             batch = [samples[k] for k in todo]
             try:
                 answer = await llm_http.complete(
-                    self._ensure(),
+                    self._http(),
                     self.url,
                     self.request_body(batch),
                     functools.partial(prompt.parse_answer, count=len(batch)),

@@ -1,17 +1,20 @@
 """Test helpers shipped with the package: a real OTLP/gRPC sink that records (or just counts)
-what it receives, and small process/port utilities for integration tests and benchmarks."""
+what it receives, an OpenAI-compatible chat-completions server to stand in for a paid LLM API,
+and small process/port utilities for integration tests and benchmarks."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from aiohttp import web
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as logs_pb
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as metrics_pb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
@@ -161,3 +164,91 @@ def _wrap(fn: Callable[[Any], None], resp_t: Any, sink: OtlpSink) -> Any:
         return resp_t()
 
     return handler
+
+
+# ---- a chat-completions server ------------------------------------------------------------------
+
+Behavior = Callable[[dict[str, Any]], Awaitable[web.StreamResponse]]
+
+
+def completion(content: str, finish_reason: str = "stop") -> web.Response:
+    """A chat-completions answer whose one choice says ``content``."""
+    return web.json_response(
+        {
+            "id": "chatcmpl-test",
+            "object": "chat.completion",
+            "model": "local",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": finish_reason,
+                }
+            ],
+        }
+    )
+
+
+def answer(content: str | dict[str, Any], delay: float = 0.0) -> Behavior:
+    """Answer with ``content`` (a dict is sent as its JSON text), after ``delay`` seconds."""
+    text = content if isinstance(content, str) else json.dumps(content)
+
+    async def behave(body: dict[str, Any]) -> web.StreamResponse:
+        if delay:
+            await asyncio.sleep(delay)
+        return completion(text)
+
+    return behave
+
+
+def status(code: int, message: str = "boom", headers: dict[str, str] | None = None) -> Behavior:
+    """Answer with HTTP ``code`` and an OpenAI-style error body."""
+
+    async def behave(body: dict[str, Any]) -> web.StreamResponse:
+        return web.json_response({"error": {"message": message}}, status=code, headers=headers)
+
+    return behave
+
+
+class ChatServer:
+    """POST /v1/chat/completions on a loopback port, in the caller's event loop. Plays ``script``
+    in order, then ``default``; records every request body and its headers, and how many requests
+    were being answered at once."""
+
+    def __init__(self, default: Behavior | None = None) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.script: list[Behavior] = []
+        self.default: Behavior = default or answer("{}")
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.base_url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append(body)
+        self.headers.append(dict(request.headers))
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            behave = self.script.pop(0) if self.script else self.default
+            return await behave(body)
+        finally:
+            self.in_flight -= 1
+
+    async def start(self) -> ChatServer:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.handle)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.base_url = f"http://{host}:{port}/v1"
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from otel_topics.errors import LLMError
 from otel_topics.facets import BUILTIN_FACETS, FacetSpec
@@ -18,91 +16,14 @@ from otel_topics.facets.cache import LRUFacetCache
 from otel_topics.facets.openai import OpenAIFacetExtractor
 from otel_topics.metrics import REGISTRY
 from otel_topics.model import NO_MATCH, Conversation, Message
-
-Behavior = Callable[[dict[str, Any]], Awaitable[web.StreamResponse]]
+from otel_topics.testing import ChatServer, answer, status
 
 GOOD = {"Task": "Book a one-way flight to Seattle.", "Sentiment": "positive", "Issues": "NONE"}
 
 
-def completion(content: str, finish_reason: str = "stop") -> web.Response:
-    return web.json_response(
-        {
-            "id": "chatcmpl-test",
-            "object": "chat.completion",
-            "model": "local",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": content},
-                    "finish_reason": finish_reason,
-                }
-            ],
-        }
-    )
-
-
-def answer(content: str | dict[str, Any], delay: float = 0.0) -> Behavior:
-    text = content if isinstance(content, str) else json.dumps(content)
-
-    async def behave(body: dict[str, Any]) -> web.StreamResponse:
-        if delay:
-            await asyncio.sleep(delay)
-        return completion(text)
-
-    return behave
-
-
-def status(code: int, message: str = "boom", headers: dict[str, str] | None = None) -> Behavior:
-    async def behave(body: dict[str, Any]) -> web.StreamResponse:
-        return web.json_response({"error": {"message": message}}, status=code, headers=headers)
-
-    return behave
-
-
-class ChatServer:
-    """Speaks POST /v1/chat/completions; plays ``script`` in order, then ``default``."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.headers: list[dict[str, str]] = []
-        self.script: list[Behavior] = []
-        self.default: Behavior = answer(GOOD)
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self.base_url = ""
-        self._runner: web.AppRunner | None = None
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        self.requests.append(body)
-        self.headers.append(dict(request.headers))
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
-            behave = self.script.pop(0) if self.script else self.default
-            return await behave(body)
-        finally:
-            self.in_flight -= 1
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self.handle)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.base_url = f"http://{host}:{port}/v1"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-
 @pytest.fixture
 async def server() -> AsyncIterator[ChatServer]:
-    s = ChatServer()
-    await s.start()
+    s = await ChatServer(default=answer(GOOD)).start()
     try:
         yield s
     finally:

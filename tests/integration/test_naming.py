@@ -6,15 +6,14 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 from aiohttp import web
 
 from otel_topics.naming import ClusterName, ClusterSample, KeywordNamer, LLMNamer
-
-Behavior = Callable[[dict[str, Any]], Awaitable[web.StreamResponse]]
+from otel_topics.testing import Behavior, ChatServer, completion, status
 
 _BLOCK = re.compile(r'<cluster index="(\d+)">\n(?:Keywords: ([^\n]*)\n)?', re.MULTILINE)
 
@@ -23,19 +22,6 @@ def clusters_in(body: dict[str, Any]) -> list[tuple[int, str]]:
     """(index, first keyword) of every cluster the request shows."""
     user = body["messages"][1]["content"]
     return [(int(m.group(1)), (m.group(2) or "").split(", ")[0]) for m in _BLOCK.finditer(user)]
-
-
-def completion(content: str) -> web.Response:
-    return web.json_response(
-        {
-            "id": "chatcmpl-test",
-            "object": "chat.completion",
-            "model": "local",
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
-            ],
-        }
-    )
 
 
 def names_for(body: dict[str, Any], skip: Callable[[str], bool] = lambda _kw: False) -> dict[str, Any]:
@@ -59,50 +45,9 @@ def text(content: str) -> Behavior:
     return behave
 
 
-def status(code: int, message: str = "boom", headers: dict[str, str] | None = None) -> Behavior:
-    async def behave(body: dict[str, Any]) -> web.StreamResponse:
-        return web.json_response({"error": {"message": message}}, status=code, headers=headers)
-
-    return behave
-
-
-class ChatServer:
-    """POST /v1/chat/completions; plays ``script`` in order, then ``default``."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.headers: list[dict[str, str]] = []
-        self.script: list[Behavior] = []
-        self.default: Behavior = good
-        self.base_url = ""
-        self._runner: web.AppRunner | None = None
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        self.requests.append(body)
-        self.headers.append(dict(request.headers))
-        behave = self.script.pop(0) if self.script else self.default
-        return await behave(body)
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self.handle)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.base_url = f"http://{host}:{port}/v1"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-
 @pytest.fixture
 async def server() -> AsyncIterator[ChatServer]:
-    s = ChatServer()
-    await s.start()
+    s = await ChatServer(default=good).start()
     try:
         yield s
     finally:

@@ -36,7 +36,7 @@ def _count(outcome: str) -> None:
     metrics.LLM_REQUESTS.labels(outcome).inc()
 
 
-class OpenAIFacetExtractor:
+class OpenAIFacetExtractor(llm_http.ChatClient):
     """Implements :class:`otel_topics.stages.FacetExtractor` with one chat call per conversation.
 
     Retries 429, 5xx, connection errors and timeouts with jittered exponential backoff (honouring
@@ -99,9 +99,8 @@ class OpenAIFacetExtractor:
             self._headers.setdefault("Authorization", f"Bearer {api_key}")
         self._transport = transport
         self._schema = prompt.json_schema(self.facets)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._client: httpx.AsyncClient | None = None
         self._semaphore: asyncio.Semaphore | None = None
+        self._semaphore_loop: asyncio.AbstractEventLoop | None = None
         self._shared = SharedCalls()
 
     # ------------------------------------------------------------------ public
@@ -143,32 +142,14 @@ class OpenAIFacetExtractor:
             body["response_format"] = rf
         return body
 
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
-
-    async def __aenter__(self) -> OpenAIFacetExtractor:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
     # ------------------------------------------------------------------ internals
 
     def _ensure(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
         """A client and semaphore bound to the running loop (recreated if the loop changed)."""
         loop = asyncio.get_running_loop()
-        if self._client is None or self._semaphore is None or self._loop is not loop:
-            self._loop = loop
-            self._client = httpx.AsyncClient(
-                timeout=self.timeout,
-                headers=self._headers,
-                transport=self._transport,
-                limits=httpx.Limits(max_connections=self.concurrency),
-            )
-            self._semaphore = asyncio.Semaphore(self.concurrency)
-        return self._client, self._semaphore
+        if self._semaphore is None or self._semaphore_loop is not loop:
+            self._semaphore, self._semaphore_loop = asyncio.Semaphore(self.concurrency), loop
+        return self._http(self.concurrency), self._semaphore
 
     async def _ask(self, client: httpx.AsyncClient, rendered: str) -> dict[str, str]:
         return await llm_http.complete(
