@@ -316,6 +316,13 @@ class EmbedderSettings(Section):
     api_key: SecretStr | None = Field(default=None, description="Bearer token for openai.")
     timeout: PositiveDuration = Field(default=30.0, description="Timeout of one embedding request.")
     batch_size: int = Field(default=32, ge=1, description="Texts embedded per call.")
+    threads: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="local: onnxruntime threads for one inference. More lowers the latency of one "
+        "call while other cores are idle; 1 leaves the other cores to the receiver and the workers.",
+    )
     cache_size: int = Field(
         default=10_000, ge=0, description="Embeddings cached by text hash (0 = no cache)."
     )

@@ -130,7 +130,7 @@ def build_embedder(config: Config) -> Embedder:
     e = config.topics.embedder
     inner: Embedder
     if e.type == "local":
-        inner = embed.LocalEmbedder(batch_size=e.batch_size)
+        inner = embed.LocalEmbedder(batch_size=e.batch_size, threads=e.threads)
     elif e.type == "openai":
         inner = embed.OpenAIEmbedder(
             str(e.base_url),
