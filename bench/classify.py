@@ -113,6 +113,29 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "-"
 
 
+def _latency_table(
+    what: str,
+    unit: str,
+    digits: int,
+    runs: Sequence[dict[str, dict[str, float]]],
+    ratio: tuple[str, str, str],
+) -> dict[str, dict[str, float]]:
+    """Print p50 / p99 / mean of every measurement of every run, their medians over the runs, and
+    ``ratio`` = (label, a, b): median a / median b. Returns the medians by measurement."""
+
+    def row(label: str, name: str, s: dict[str, float]) -> list[str]:
+        return [label, name, *(f"{s[k]:.{digits}f}" for k in ("p50", "p99", "mean"))]
+
+    rows = [row(f"run {i}", name, s) for i, run in enumerate(runs, 1) for name, s in run.items()]
+    med = {name: _median_stats([run[name] for run in runs]) for name in runs[0]}
+    rows += [row("median", name, s) for name, s in med.items()]
+    label, a, b = ratio
+    rows.append(["ratio", label, *(_ratio(med[a][k], med[b][k]) for k in ("p50", "p99", "mean"))])
+    print()
+    print_table(["", what, f"p50 {unit}", f"p99 {unit}", f"mean {unit}"], rows)
+    return med
+
+
 # --- the topic map (a, b) ----------------------------------------------------------------------------
 
 
@@ -244,9 +267,7 @@ def part_a(setup: MapSetup, runs: int, queries: int, seed: int) -> dict[str, Any
     match_rate = float(np.mean([label != NO_MATCH for label in ours_label]))
 
     perf = time.perf_counter_ns
-    ours_runs: list[dict[str, float]] = []
-    ref_runs: list[dict[str, float]] = []
-    rows: list[list[str]] = []
+    per_run: list[dict[str, dict[str, float]]] = []
     for run in range(1, runs + 1):
         order = np.random.default_rng(seed + run).integers(0, vecs.shape[0], queries)
         qs = [vecs[i : i + 1] for i in order.tolist()]
@@ -263,25 +284,11 @@ def part_a(setup: MapSetup, runs: int, queries: int, seed: int) -> dict[str, Any
             t0 = perf()
             reference(q)
             ref.append(perf() - t0)
-        o, r = _us(ours), _us(ref)
-        ours_runs.append(o)
-        ref_runs.append(r)
-        for name, s in (("CentroidClassifier", o), ("numpy brute force", r)):
-            rows.append([f"run {run}", name, f"{s['p50']:.1f}", f"{s['p99']:.1f}", f"{s['mean']:.1f}"])
-    o, r = _median_stats(ours_runs), _median_stats(ref_runs)
-    rows.append(["median", "CentroidClassifier", f"{o['p50']:.1f}", f"{o['p99']:.1f}", f"{o['mean']:.1f}"])
-    rows.append(["median", "numpy brute force", f"{r['p50']:.1f}", f"{r['p99']:.1f}", f"{r['mean']:.1f}"])
-    rows.append(
-        [
-            "ratio",
-            "ours / numpy",
-            _ratio(o["p50"], r["p50"]),
-            _ratio(o["p99"], r["p99"]),
-            _ratio(o["mean"], r["mean"]),
-        ]
+        per_run.append({"CentroidClassifier": _us(ours), "numpy brute force": _us(ref)})
+    med = _latency_table(
+        "lookup", "µs", 1, per_run, ("ours / numpy", "CentroidClassifier", "numpy brute force")
     )
-    print()
-    print_table(["", "lookup", "p50 µs", "p99 µs", "mean µs"], rows)
+    o, r = med["CentroidClassifier"], med["numpy brute force"]
     print(
         f"\n    agreement with numpy: nearest centroid {top1_agree:.2%}, match / no_match and cluster "
         f"{label_agree:.2%}; {match_rate:.1%} of the held-out queries are within the threshold"
@@ -313,11 +320,8 @@ def part_b(setup: MapSetup, embedder: LocalEmbedder, runs: int, n: int, seed: in
     for t in texts[:20]:  # warm-up (model load, first inferences), not counted
         classifier.classify(MAP, embedder.embed_sync([t]))
     perf = time.perf_counter_ns
-    both_runs: list[dict[str, float]] = []
-    embed_runs: list[dict[str, float]] = []
-    look_runs: list[dict[str, float]] = []
-    rows: list[list[str]] = []
-    for run in range(1, runs + 1):
+    per_run: list[dict[str, dict[str, float]]] = []
+    for _ in range(runs):
         both: list[int] = []
         emb: list[int] = []
         look: list[int] = []
@@ -330,26 +334,11 @@ def part_b(setup: MapSetup, embedder: LocalEmbedder, runs: int, n: int, seed: in
             both.append(t2 - t0)
             emb.append(t1 - t0)
             look.append(t2 - t1)
-        b, e, lk = _ms(both), _ms(emb), _ms(look)
-        both_runs.append(b)
-        embed_runs.append(e)
-        look_runs.append(lk)
-        for name, s in (("embed + lookup", b), ("embed alone", e), ("lookup alone", lk)):
-            rows.append([f"run {run}", name, f"{s['p50']:.3f}", f"{s['p99']:.3f}", f"{s['mean']:.3f}"])
-    b, e, lk = _median_stats(both_runs), _median_stats(embed_runs), _median_stats(look_runs)
-    for name, s in (("embed + lookup", b), ("embed alone", e), ("lookup alone", lk)):
-        rows.append(["median", name, f"{s['p50']:.3f}", f"{s['p99']:.3f}", f"{s['mean']:.3f}"])
-    rows.append(
-        [
-            "ratio",
-            "(embed + lookup) / embed",
-            _ratio(b["p50"], e["p50"]),
-            _ratio(b["p99"], e["p99"]),
-            _ratio(b["mean"], e["mean"]),
-        ]
+        per_run.append({"embed + lookup": _ms(both), "embed alone": _ms(emb), "lookup alone": _ms(look)})
+    med = _latency_table(
+        "per facet text", "ms", 3, per_run, ("(embed + lookup) / embed", "embed + lookup", "embed alone")
     )
-    print()
-    print_table(["", "per facet text", "p50 ms", "p99 ms", "mean ms"], rows)
+    b, e, lk = med["embed + lookup"], med["embed alone"], med["lookup alone"]
     share = lk["mean"] / b["mean"] if b["mean"] else 0.0
     print(f"\n    the lookup is {share:.1%} of the mean embed + lookup time")
     print(f"    target p99 <= 20 ms: {'met' if b['p99'] <= 20 else 'NOT met'} ({b['p99']:.2f} ms)")

@@ -214,6 +214,12 @@ class Pipeline:
                     await asyncio.sleep(min(exc.retry_after, delay))
                     delay = min(delay * 2, 10.0)
             self.assembler.done([released])
+        except Backpressure as exc:  # only while stopping: the exporters no longer take data
+            log.warning(
+                "trace %s not forwarded before shutdown (%s); it stays spooled for the next start",
+                trace.trace_id.hex(),
+                exc,
+            )
         except Exception:
             # Not marked done in the spool: the trace is sent again at the next start.
             log.exception("could not forward trace %s", trace.trace_id.hex())

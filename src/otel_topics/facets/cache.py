@@ -125,3 +125,19 @@ class SharedCalls:
             return value, False
         finally:
             del self._calls[key]
+
+
+async def answer_once(
+    key: str,
+    cache: FacetCache | None,
+    shared: SharedCalls,
+    call: Callable[[], Awaitable[dict[str, str]]],
+) -> tuple[dict[str, str], bool]:
+    """The facets for ``key``: from the cache, from the call already running for it, or from
+    ``call`` (its answer is then cached). Returns the answer and whether it was reused."""
+    if cache is not None and (hit := cache.get(key)) is not None:
+        return hit, True
+    values, reused = await shared.run(key, call)
+    if not reused and cache is not None:
+        cache.put(key, values)
+    return values, reused

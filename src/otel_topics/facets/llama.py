@@ -19,7 +19,7 @@ from typing import Any
 from otel_topics import metrics
 from otel_topics.errors import LLMError
 from otel_topics.facets import prompt
-from otel_topics.facets.cache import FacetCache, SharedCalls
+from otel_topics.facets.cache import FacetCache, SharedCalls, answer_once
 from otel_topics.facets.spec import FacetSpec, check_unique
 from otel_topics.model import Conversation
 
@@ -95,16 +95,13 @@ class LlamaCppFacetExtractor:
         start = time.perf_counter()
         rendered = prompt.render(conversation, self.max_input_chars)
         key = prompt.cache_key(self.model, self.facets, rendered)
-        if self.cache is not None and (hit := self.cache.get(key)) is not None:
-            metrics.LLM_REQUESTS.labels("cache_hit").inc()
-            return prompt.fill_missing(hit, self.facets)
-        values, shared = await self._shared.run(key, lambda: self._call(key, rendered))
-        if shared:
+        values, reused = await answer_once(key, self.cache, self._shared, lambda: self._call(rendered))
+        if reused:
             metrics.LLM_REQUESTS.labels("cache_hit").inc()
         metrics.FACET_LATENCY.labels(self.name).observe(time.perf_counter() - start)
-        return values
+        return prompt.fill_missing(values, self.facets) if reused else values
 
-    async def _call(self, key: str, rendered: str) -> dict[str, str]:
+    async def _call(self, rendered: str) -> dict[str, str]:
         async with self._lock:
             values: dict[str, str] | None = None
             for attempt in range(2):  # a malformed answer is asked again once
@@ -123,6 +120,4 @@ class LlamaCppFacetExtractor:
                     metrics.LLM_REQUESTS.labels("retry").inc()
         assert values is not None
         metrics.LLM_REQUESTS.labels("ok").inc()
-        if self.cache is not None:
-            self.cache.put(key, values)
         return values

@@ -22,7 +22,7 @@ import httpx
 
 from otel_topics import llm_http, metrics
 from otel_topics.facets import prompt
-from otel_topics.facets.cache import FacetCache, SharedCalls
+from otel_topics.facets.cache import FacetCache, SharedCalls, answer_once
 from otel_topics.facets.spec import FacetSpec, check_unique
 from otel_topics.llm_http import ResponseFormat
 from otel_topics.model import Conversation
@@ -109,25 +109,16 @@ class OpenAIFacetExtractor(llm_http.ChatClient):
         start = time.perf_counter()
         rendered = prompt.render(conversation, self.max_input_chars)
         key = prompt.cache_key(self.model, self.facets, rendered)
-        if self.cache is not None:
-            hit = self.cache.get(key)
-            if hit is not None:
-                metrics.LLM_REQUESTS.labels("cache_hit").inc()
-                metrics.FACET_LATENCY.labels(self.name).observe(time.perf_counter() - start)
-                return prompt.fill_missing(hit, self.facets)
-        values, shared = await self._shared.run(key, lambda: self._call(key, rendered))
-        if shared:
+        values, reused = await answer_once(key, self.cache, self._shared, lambda: self._call(rendered))
+        if reused:
             metrics.LLM_REQUESTS.labels("cache_hit").inc()
         metrics.FACET_LATENCY.labels(self.name).observe(time.perf_counter() - start)
-        return values
+        return prompt.fill_missing(values, self.facets) if reused else values
 
-    async def _call(self, key: str, rendered: str) -> dict[str, str]:
+    async def _call(self, rendered: str) -> dict[str, str]:
         client, semaphore = self._ensure()
         async with semaphore:
-            values = await self._ask(client, rendered)
-        if self.cache is not None:
-            self.cache.put(key, values)
-        return values
+            return await self._ask(client, rendered)
 
     def request_body(self, rendered: str) -> dict[str, Any]:
         """The chat-completions request for one rendered conversation."""
