@@ -2,7 +2,7 @@
 
     python bench/enrich.py [--part a|b|both] [--passes 3] [--centroids 500] [--embed-threads N]
                            [--traces 2000] [--runs 3] [--batch 8] [--senders 2] [--unique]
-                           [--no-durability] [--data PATH] [--timeout 600]
+                           [--no-durability] [--workers N] [--no-reference] [--data PATH] [--timeout 600]
 
 (a) In process, on the 200 τ-bench airline trajectories (``tau_bench/gpt-4o-airline.json`` of the shared
     data) turned into GenAI-convention spans by ``otel_topics.replay.TraceBuilder`` and into TraceData by
@@ -17,7 +17,9 @@
     its own process: ``--traces`` traces (cycling the 200 conversations) are sent with
     ``otel_topics.replay.send`` from ``--senders`` threads; a run is the time from the first send until the
     sink has received every root span carrying ``facets.Task``. Each run uses a fresh sidecar after a
-    10-trace warm-up (model load). Reports enriched traces/s, median of ``--runs``.
+    10-trace warm-up (model load). Reports enriched traces/s, median of ``--runs``. The reference: after
+    each run, rotel forwards the same traces to a span-counting sink (no enrichment), timed to the last
+    span; the ratio is otel-topics / rotel (``--no-reference`` skips it).
 
     Caveats printed with the result: cycling 200 conversations lets the sidecar's caches (redaction,
     token counts, embeddings) hit after the first 200 traces, which flatters the figure; ``--unique``
