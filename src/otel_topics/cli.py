@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from otel_topics import __version__
+from otel_topics import LOG_FORMAT, __version__
 from otel_topics.config import Config
 from otel_topics.errors import ConfigError, OtelTopicsError
 
@@ -17,7 +17,7 @@ from otel_topics.errors import ConfigError, OtelTopicsError
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        format=LOG_FORMAT,
         stream=sys.stderr,
     )
     for noisy in ("httpx", "faiss", "faiss.loader"):

@@ -121,6 +121,8 @@ class TraceEnricher:
                 prepared = Prepared(self.preprocessor(trace))
             except Exception as exc:  # a custom preprocessor may raise anything
                 prepared = Prepared(error=f"{type(exc).__name__}: {exc}")
+        if prepared.skipped:  # counted in a worker process: count it here, where /metrics is served
+            metrics.ERRORS.labels("preprocess").inc(prepared.skipped)
         if prepared.error is not None:
             log.warning("preprocess failed for trace %s: %s", trace.trace_id.hex(), prepared.error)
             metrics.ERRORS.labels("preprocess").inc()

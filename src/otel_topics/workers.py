@@ -14,6 +14,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from otel_topics import metrics
+from otel_topics import LOG_FORMAT, metrics
 from otel_topics.config_topics import PreprocessSettings, TopicsProcessor
 from otel_topics.model import Conversation, TraceData
 from otel_topics.stages import Preprocessor
@@ -66,6 +67,7 @@ class Prepared:
     facets: dict[str, str] | None = None  # set when the worker also extracted the facets
     facet_seconds: float = 0.0
     error: str | None = None  # the preprocessor raised: its message
+    skipped: int = 0  # pieces of content the preprocessor skipped (otel_topics_errors_total{preprocess})
 
 
 # ---- worker process side ----------------------------------------------------------------------
@@ -74,8 +76,9 @@ _preprocessor: Preprocessor | None = None
 _extractor: object | None = None
 
 
-def _init(topics: TopicsProcessor, facets_here: bool) -> None:
+def _init(topics: TopicsProcessor, facets_here: bool, log_level: int) -> None:
     global _preprocessor, _extractor
+    logging.basicConfig(level=log_level, format=LOG_FORMAT, stream=sys.stderr)
     _preprocessor = build_preprocessor(topics.preprocess)
     if facets_here:
         from otel_topics.facets import spec_from_config
@@ -88,6 +91,12 @@ def _warm() -> int:
     return os.getpid()
 
 
+def _preprocess_errors() -> int:
+    """This process's count of content the preprocessor skipped; the serving process adds it to its own."""
+    value = metrics.REGISTRY.get_sample_value("otel_topics_errors_total", {"component": "preprocess"})
+    return int(value or 0)
+
+
 def _prepare(trace_id: bytes, spans: bytes, logs: bytes | None, reopened: bool) -> Prepared:
     from otel_topics.facets.heuristic import HeuristicFacetExtractor
 
@@ -98,11 +107,12 @@ def _prepare(trace_id: bytes, spans: bytes, logs: bytes | None, reopened: bool) 
         ExportLogsServiceRequest.FromString(logs) if logs is not None else None,
         reopened,
     )
+    skipped_before = _preprocess_errors()
     try:
         conversation = _preprocessor(trace)
     except Exception as exc:  # a custom preprocessor may raise anything
-        return Prepared(error=f"{type(exc).__name__}: {exc}")
-    out = Prepared(conversation)
+        return Prepared(error=f"{type(exc).__name__}: {exc}", skipped=_preprocess_errors() - skipped_before)
+    out = Prepared(conversation, skipped=_preprocess_errors() - skipped_before)
     ready = conversation is not None and not conversation.empty
     if ready and isinstance(_extractor, HeuristicFacetExtractor):
         assert conversation is not None
@@ -137,7 +147,7 @@ class PreparePool:
             max_workers=self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init,
-            initargs=(self._topics, self.facets),
+            initargs=(self._topics, self.facets, logging.getLogger().getEffectiveLevel()),
         )
 
     async def start(self) -> None:

@@ -25,6 +25,13 @@ from otel_topics.workers import PreparePool, WorkerError, auto_workers
 FAILING = """
 def fails(trace):
     raise ValueError("no conversation in " + trace.trace_id.hex())
+
+
+def skips_two(trace):  # what the built-in preprocessor does for content it cannot read
+    from otel_topics import metrics
+
+    metrics.ERRORS.labels("preprocess").inc(2)
+    return "what was readable"
 """
 
 
@@ -110,3 +117,17 @@ async def test_a_dead_worker_is_replaced(traces: list[TraceData]) -> None:
         pool.close()
     with pytest.raises(WorkerError, match="not running"):
         await pool.prepare(traces[0])
+
+
+async def test_content_skipped_in_a_worker_is_reported_back(
+    traces: list[TraceData], failing_module: str
+) -> None:
+    topics = TopicsProcessor.model_validate({"preprocess": {"custom": f"{failing_module}:skips_two"}})
+    pool = PreparePool(1, topics, facets=True)
+    await pool.start()
+    try:
+        prepared = await pool.prepare(traces[0])
+        assert prepared.skipped == 2 and prepared.error is None
+        assert prepared.conversation is not None and prepared.conversation.render() == "what was readable"
+    finally:
+        pool.close()
