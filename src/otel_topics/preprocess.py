@@ -164,9 +164,19 @@ def _omitted(n: int) -> Message:
     return Message("system", f"[... {n} messages omitted ...]")
 
 
+_skipped = 0
+
+
+def skipped_total() -> int:
+    """Pieces of content this process's preprocessors skipped so far (worker processes report it)."""
+    return _skipped
+
+
 def _skip(what: str, name: str, exc: Exception) -> None:
+    global _skipped
     log.warning("preprocess: content of %s %r skipped: %s: %s", what, name, type(exc).__name__, exc)
     metrics.ERRORS.labels("preprocess").inc()
+    _skipped += 1
 
 
 class _Extraction:

@@ -93,8 +93,9 @@ def _warm() -> int:
 
 def _preprocess_errors() -> int:
     """This process's count of content the preprocessor skipped; the serving process adds it to its own."""
-    value = metrics.REGISTRY.get_sample_value("otel_topics_errors_total", {"component": "preprocess"})
-    return int(value or 0)
+    from otel_topics.preprocess import skipped_total
+
+    return skipped_total()
 
 
 def _prepare(trace_id: bytes, spans: bytes, logs: bytes | None, reopened: bool) -> Prepared:

@@ -28,9 +28,10 @@ def fails(trace):
 
 
 def skips_two(trace):  # what the built-in preprocessor does for content it cannot read
-    from otel_topics import metrics
+    from otel_topics.preprocess import _skip
 
-    metrics.ERRORS.labels("preprocess").inc(2)
+    _skip("span", "chat", ValueError("not JSON"))
+    _skip("log record", "gen_ai.choice", ValueError("not JSON"))
     return "what was readable"
 """
 
