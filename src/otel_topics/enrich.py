@@ -24,7 +24,7 @@ from otel_topics.model import NO_MATCH, Conversation, Enrichment, Status, TraceD
 from otel_topics.otlp import iter_spans, service_name, top_spans
 from otel_topics.stages import Classifier, Embedder, FacetExtractor, Preprocessor
 from otel_topics.store import Store, TraceRecord
-from otel_topics.workers import Prepared, PreparePool, WorkerError
+from otel_topics.workers import PreparePool, WorkerError, run_preprocessor
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -116,13 +116,10 @@ class TraceEnricher:
             except WorkerError as exc:
                 log.error("%s", exc)
                 return self._done(Enrichment(trace.trace_id, Status.INTERNAL_ERROR))
+            if prepared.skipped:  # counted in the worker process: count it here, where /metrics is served
+                metrics.ERRORS.labels("preprocess").inc(prepared.skipped)
         else:
-            try:
-                prepared = Prepared(self.preprocessor(trace))
-            except Exception as exc:  # a custom preprocessor may raise anything
-                prepared = Prepared(error=f"{type(exc).__name__}: {exc}")
-        if prepared.skipped:  # counted in a worker process: count it here, where /metrics is served
-            metrics.ERRORS.labels("preprocess").inc(prepared.skipped)
+            prepared = run_preprocessor(self.preprocessor, trace)
         if prepared.error is not None:
             log.warning("preprocess failed for trace %s: %s", trace.trace_id.hex(), prepared.error)
             metrics.ERRORS.labels("preprocess").inc()

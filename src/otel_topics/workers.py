@@ -19,6 +19,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -26,7 +27,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from otel_topics import LOG_FORMAT, metrics
 from otel_topics.config_topics import PreprocessSettings, TopicsProcessor
 from otel_topics.model import Conversation, TraceData
+from otel_topics.preprocess import DefaultPreprocessor, ExcludeRule, load_custom_preprocessor, skipped_total
 from otel_topics.stages import Preprocessor
+
+if TYPE_CHECKING:
+    from otel_topics.facets.heuristic import HeuristicFacetExtractor
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +49,6 @@ def auto_workers() -> int:
 
 def build_preprocessor(pre: PreprocessSettings) -> Preprocessor:
     """The configured preprocessor: the custom function, or the built-in one."""
-    from otel_topics.preprocess import DefaultPreprocessor, ExcludeRule, load_custom_preprocessor
-
     if pre.custom:
         return load_custom_preprocessor(pre.custom, max_tokens=pre.max_tokens, redact=pre.redact)
     return DefaultPreprocessor(
@@ -70,10 +73,20 @@ class Prepared:
     skipped: int = 0  # pieces of content the preprocessor skipped (otel_topics_errors_total{preprocess})
 
 
+def run_preprocessor(preprocessor: Preprocessor, trace: TraceData) -> Prepared:
+    """The preprocessor's conversation, or the error it raised (a custom one may raise anything),
+    with the pieces of content it skipped on the way."""
+    before = skipped_total()
+    try:
+        return Prepared(preprocessor(trace), skipped=skipped_total() - before)
+    except Exception as exc:
+        return Prepared(error=f"{type(exc).__name__}: {exc}", skipped=skipped_total() - before)
+
+
 # ---- worker process side ----------------------------------------------------------------------
 
 _preprocessor: Preprocessor | None = None
-_extractor: object | None = None
+_extractor: HeuristicFacetExtractor | None = None
 
 
 def _init(topics: TopicsProcessor, facets_here: bool, log_level: int) -> None:
@@ -91,16 +104,7 @@ def _warm() -> int:
     return os.getpid()
 
 
-def _preprocess_errors() -> int:
-    """This process's count of content the preprocessor skipped; the serving process adds it to its own."""
-    from otel_topics.preprocess import skipped_total
-
-    return skipped_total()
-
-
 def _prepare(trace_id: bytes, spans: bytes, logs: bytes | None, reopened: bool) -> Prepared:
-    from otel_topics.facets.heuristic import HeuristicFacetExtractor
-
     assert _preprocessor is not None, "worker not initialised"
     trace = TraceData(
         trace_id,
@@ -108,15 +112,9 @@ def _prepare(trace_id: bytes, spans: bytes, logs: bytes | None, reopened: bool) 
         ExportLogsServiceRequest.FromString(logs) if logs is not None else None,
         reopened,
     )
-    skipped_before = _preprocess_errors()
-    try:
-        conversation = _preprocessor(trace)
-    except Exception as exc:  # a custom preprocessor may raise anything
-        return Prepared(error=f"{type(exc).__name__}: {exc}", skipped=_preprocess_errors() - skipped_before)
-    out = Prepared(conversation, skipped=_preprocess_errors() - skipped_before)
-    ready = conversation is not None and not conversation.empty
-    if ready and isinstance(_extractor, HeuristicFacetExtractor):
-        assert conversation is not None
+    out = run_preprocessor(_preprocessor, trace)
+    conversation = out.conversation
+    if _extractor is not None and conversation is not None and not conversation.empty:
         start = time.perf_counter()
         out.facets = _extractor.extract_sync(conversation)
         out.facet_seconds = time.perf_counter() - start

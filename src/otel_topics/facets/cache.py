@@ -6,11 +6,16 @@ import asyncio
 import contextlib
 import json
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
+from otel_topics import metrics
 from otel_topics.errors import LLMError, OtelTopicsError
+from otel_topics.facets import prompt
+from otel_topics.facets.spec import FacetSpec
+from otel_topics.model import Conversation
 
 
 class FacetCache(Protocol):
@@ -127,17 +132,35 @@ class SharedCalls:
             del self._calls[key]
 
 
-async def answer_once(
-    key: str,
-    cache: FacetCache | None,
-    shared: SharedCalls,
-    call: Callable[[], Awaitable[dict[str, str]]],
-) -> tuple[dict[str, str], bool]:
-    """The facets for ``key``: from the cache, from the call already running for it, or from
-    ``call`` (its answer is then cached). Returns the answer and whether it was reused."""
-    if cache is not None and (hit := cache.get(key)) is not None:
-        return hit, True
-    values, reused = await shared.run(key, call)
-    if not reused and cache is not None:
-        cache.put(key, values)
-    return values, reused
+class CachedLLMExtractor:
+    """The caching half of an LLM facet extractor: ``extract`` answers from the cache, from the call
+    already running for an identical conversation, or by ``_call`` (whose answer is then cached).
+    Subclasses set ``name``, ``model``, ``facets``, ``max_input_chars`` and ``cache`` and implement
+    ``_call(rendered)``: one LLM call for the rendered conversation."""
+
+    name: str
+    model: str
+    facets: Sequence[FacetSpec]
+    max_input_chars: int | None
+    cache: FacetCache | None
+
+    def __init__(self) -> None:
+        self._shared = SharedCalls()
+
+    async def extract(self, conversation: Conversation) -> dict[str, str]:
+        start = time.perf_counter()
+        rendered = prompt.render(conversation, self.max_input_chars)
+        key = prompt.cache_key(self.model, self.facets, rendered)
+        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+            values, reused = hit, True
+        else:
+            values, reused = await self._shared.run(key, lambda: self._call(rendered))
+            if not reused and self.cache is not None:
+                self.cache.put(key, values)
+        if reused:
+            metrics.LLM_REQUESTS.labels("cache_hit").inc()
+        metrics.FACET_LATENCY.labels(self.name).observe(time.perf_counter() - start)
+        return prompt.fill_missing(values, self.facets) if reused else values
+
+    async def _call(self, rendered: str) -> dict[str, str]:
+        raise NotImplementedError

@@ -11,7 +11,6 @@ import asyncio
 import importlib
 import logging
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,8 @@ from typing import Any
 from otel_topics import metrics
 from otel_topics.errors import LLMError
 from otel_topics.facets import prompt
-from otel_topics.facets.cache import FacetCache, SharedCalls, answer_once
+from otel_topics.facets.cache import CachedLLMExtractor, FacetCache
 from otel_topics.facets.spec import FacetSpec, check_unique
-from otel_topics.model import Conversation
 
 log = logging.getLogger("otel_topics.facets")
 
@@ -35,7 +33,7 @@ def _import_llama_cpp() -> Any:
         raise ImportError(f"{INSTALL_HINT} (needed by llm type llama_cpp)") from exc
 
 
-class LlamaCppFacetExtractor:
+class LlamaCppFacetExtractor(CachedLLMExtractor):
     """Implements :class:`otel_topics.stages.FacetExtractor` with an in-process GGUF model."""
 
     name = "llama_cpp"
@@ -67,7 +65,7 @@ class LlamaCppFacetExtractor:
         self.temperature = temperature
         self.max_input_chars = max_input_chars
         self.cache = cache
-        self._shared = SharedCalls()
+        super().__init__()
         self._schema = prompt.json_schema(self.facets)
         self._llm: Any = None
         self._lock = asyncio.Lock()
@@ -90,16 +88,6 @@ class LlamaCppFacetExtractor:
         )
         content = out["choices"][0]["message"].get("content")
         return content if isinstance(content, str) else ""
-
-    async def extract(self, conversation: Conversation) -> dict[str, str]:
-        start = time.perf_counter()
-        rendered = prompt.render(conversation, self.max_input_chars)
-        key = prompt.cache_key(self.model, self.facets, rendered)
-        values, reused = await answer_once(key, self.cache, self._shared, lambda: self._call(rendered))
-        if reused:
-            metrics.LLM_REQUESTS.labels("cache_hit").inc()
-        metrics.FACET_LATENCY.labels(self.name).observe(time.perf_counter() - start)
-        return prompt.fill_missing(values, self.facets) if reused else values
 
     async def _call(self, rendered: str) -> dict[str, str]:
         async with self._lock:

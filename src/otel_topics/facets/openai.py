@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,10 +21,9 @@ import httpx
 
 from otel_topics import llm_http, metrics
 from otel_topics.facets import prompt
-from otel_topics.facets.cache import FacetCache, SharedCalls, answer_once
+from otel_topics.facets.cache import CachedLLMExtractor, FacetCache
 from otel_topics.facets.spec import FacetSpec, check_unique
 from otel_topics.llm_http import ResponseFormat
-from otel_topics.model import Conversation
 
 log = logging.getLogger("otel_topics.facets")
 
@@ -36,7 +34,7 @@ def _count(outcome: str) -> None:
     metrics.LLM_REQUESTS.labels(outcome).inc()
 
 
-class OpenAIFacetExtractor(llm_http.ChatClient):
+class OpenAIFacetExtractor(CachedLLMExtractor, llm_http.ChatClient):
     """Implements :class:`otel_topics.stages.FacetExtractor` with one chat call per conversation.
 
     Retries 429, 5xx, connection errors and timeouts with jittered exponential backoff (honouring
@@ -101,19 +99,9 @@ class OpenAIFacetExtractor(llm_http.ChatClient):
         self._schema = prompt.json_schema(self.facets)
         self._semaphore: asyncio.Semaphore | None = None
         self._semaphore_loop: asyncio.AbstractEventLoop | None = None
-        self._shared = SharedCalls()
+        super().__init__()
 
     # ------------------------------------------------------------------ public
-
-    async def extract(self, conversation: Conversation) -> dict[str, str]:
-        start = time.perf_counter()
-        rendered = prompt.render(conversation, self.max_input_chars)
-        key = prompt.cache_key(self.model, self.facets, rendered)
-        values, reused = await answer_once(key, self.cache, self._shared, lambda: self._call(rendered))
-        if reused:
-            metrics.LLM_REQUESTS.labels("cache_hit").inc()
-        metrics.FACET_LATENCY.labels(self.name).observe(time.perf_counter() - start)
-        return prompt.fill_missing(values, self.facets) if reused else values
 
     async def _call(self, rendered: str) -> dict[str, str]:
         client, semaphore = self._ensure()
